@@ -42,6 +42,7 @@ def dlq_headers(
     *,
     stage: str,
     error: BaseException | str,
+    error_class: str | None = None,
     origin_topic: str,
     origin_partition: int,
     origin_offset: int,
@@ -51,9 +52,9 @@ def dlq_headers(
 ) -> HeaderList:
     """Headers every DLQ record carries, so it can be listed, explained and redriven."""
     if isinstance(error, BaseException):
-        error_class, message = type(error).__name__, str(error)
+        error_class, message = error_class or type(error).__name__, str(error)
     else:
-        error_class, message = "Rejected", error
+        error_class, message = error_class or "Rejected", error
     pairs: list[tuple[str, str]] = [
         (ERROR_STAGE, stage),
         (ERROR_CLASS, error_class),
