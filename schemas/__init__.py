@@ -1,0 +1,1 @@
+"""Contracts: the envelope, record headers and the Avro schemas of every topic we own."""
