@@ -1,0 +1,19 @@
+"""HL7 v2 (ER7) tokenizer, MSH peek and ACK builder: pure functions, no I/O."""
+
+from schemas.hl7v2.ack import AckError, ack_code_of, build_ack
+from schemas.hl7v2.errors import Hl7ParseError
+from schemas.hl7v2.msh import MshHeader, peek_msh
+from schemas.hl7v2.parser import Message, Rep, Segment, parse_message
+
+__all__ = [
+    "AckError",
+    "Hl7ParseError",
+    "Message",
+    "MshHeader",
+    "Rep",
+    "Segment",
+    "ack_code_of",
+    "build_ack",
+    "parse_message",
+    "peek_msh",
+]

@@ -1,0 +1,1 @@
+"""Stream agents (Faust) and the pure logic behind them."""

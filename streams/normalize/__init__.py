@@ -1,0 +1,1 @@
+"""The normalize stage: source formats to canonical FHIR R4 events."""

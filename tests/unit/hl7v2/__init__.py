@@ -1,0 +1,1 @@
+"""HL7 v2 tokenizer, ACK and v2-to-FHIR mapping tests."""
