@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import faust
+from faust.streams import _current_event
 
 from schemas import headers as H
 from streams.stage import InRecord, Outcome, Output
@@ -92,6 +94,9 @@ def _register(app: faust.App, stage: Stage, stats: StageStats, batch_size: int, 
             pending: list[Any] = []
             started = time.perf_counter()
             for event in events:
+                # take_events buffers a batch; point Faust's "current event" at the record being processed
+                # so table writes go to that record's changelog partition (and windows use its time).
+                _current_event.set(weakref.ref(event))
                 msg = event.message
                 record = InRecord(
                     topic=msg.topic,
