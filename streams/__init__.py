@@ -1,0 +1,1 @@
+"""Stream agents and their pure logic (no I/O besides Kafka in the agents)."""
