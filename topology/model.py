@@ -78,9 +78,19 @@ class SinkSpec(_Strict):
 
 class TransformSpec(_Strict):
     kind: Literal["pseudonym", "date-shift", "date-year", "zip3", "age-cap", "drop-text"]
-    paths: list[str] = Field(default_factory=list)
-    key_env: str | None = Field(default=None, description="env var holding the HMAC key (pseudonym)")
+    paths: list[str] = Field(
+        default_factory=list, description="element paths the transform is limited to; empty = everywhere it applies"
+    )
+    key_env: str | None = Field(
+        default=None, description="env var holding the HMAC key (pseudonym, date-shift); required for those kinds"
+    )
     max_shift_days: int = Field(default=30, ge=1, le=365)
+
+    @model_validator(mode="after")
+    def _key_needed(self) -> TransformSpec:
+        if self.kind in ("pseudonym", "date-shift") and not self.key_env:
+            raise ValueError(f"transform {self.kind!r} needs key_env (the env var holding its HMAC key)")
+        return self
 
 
 class DestinationSpec(_Strict):
@@ -94,6 +104,16 @@ class DestinationSpec(_Strict):
     transforms: list[TransformSpec] = Field(default_factory=list)
     profile: Literal["safe-harbor"] | None = None
     consent_default: Literal["permit", "deny"] = "permit"
+    organization: str | None = Field(
+        default=None,
+        description="recipient organization as a FHIR reference (Organization/x) or identifier value; "
+        "matched against Consent provision.actor",
+    )
+    allow_extensions: list[str] = Field(
+        default_factory=list,
+        description="extension URLs that may pass (where their element path is allowed); under safe-harbor "
+        "only coded/boolean values of these extensions pass",
+    )
     sink: SinkSpec | None = None
 
     _name = field_validator("name")(_check_name)
@@ -106,10 +126,16 @@ class DestinationSpec(_Strict):
 class TriggerSpec(_Strict):
     name: str
     event_types: list[str] = Field(default_factory=lambda: ["*"])
-    conditions: list[str] = Field(default_factory=list)
+    conditions: list[str] = Field(
+        default_factory=list,
+        description="all must hold, e.g. 'Observation.interpretation in [H, HH, A]', 'Encounter.status = finished'",
+    )
+    match: Literal["all", "any"] = Field(default="all", description="how the conditions combine")
     queue: str
     task_code: str
+    task_system: str = Field(default="urn:clinstream:task-code", description="code system of task_code")
     description: str = ""
+    priority: Literal["routine", "urgent", "asap", "stat"] = "routine"
     due_in: str = "P1D"
 
     _queue = field_validator("queue")(_check_name)
