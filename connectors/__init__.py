@@ -1,0 +1,4 @@
+"""Everything that touches the outside world: sources (into Kafka) and sinks (out of it).
+
+Imports only ``schemas`` and ``topology`` (never ``streams``).
+"""
