@@ -1,0 +1,1 @@
+"""Faust app and stream agents of clinstream (no I/O besides Kafka)."""
