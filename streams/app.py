@@ -65,7 +65,7 @@ def build_app(
         datadir=str(data_dir),
         topic_partitions=topology.topic_defaults.partitions,
         topic_replication_factor=topology.topic_defaults.replication_factor,
-        topic_allow_declare=False,
+        topic_allow_declare=True,  # changelog topics of the state tables
         topic_disable_leader=True,
         producer_acks=-1,
         producer_linger_ms=2,

@@ -1,29 +1,58 @@
-"""`clinstream run worker`: the Faust worker running every stage of the topology."""
+"""`clinstream run worker`: the Faust worker running every stage of the topology.
+
+normalize (raw.* -> canonical.events) -> dedupe (-> dedup.events) -> identity
+(-> identified.events, mpi.*) -> route (-> dest.*, audit.disclosures, tasks.*).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import faust
 
 from streams.app import Stage, build_app
+from streams.dedupe.stage import DedupeStage
+from streams.identity.engine import MatchEngine
+from streams.identity.model import default_model, load_model
+from streams.identity.stage import IdentityStage
 from streams.normalize.stage import NormalizeStage
+from streams.route.stage import RouteStage
 from topology.model import Topology
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-def stages_for(topology: Topology) -> list[Stage]:
-    from streams.route.stage import RouteStage
+class TableStore:
+    """A Faust table as the MPI engine's key-value store (``get``/``put`` of JSON values)."""
 
-    raw = topology.raw_topics()
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def get(self, key: str, default: Any = None, /) -> Any:
+        return self._table.get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        self._table[key] = value
+
+
+def stages_for(app: faust.App, topology: Topology, *, mpi_model: str | None = None,
+               dedupe_window_s: float = 7 * 24 * 3600.0) -> list[Stage]:
+    partitions = topology.topic_defaults.partitions
     stages: list[Stage] = []
+    raw = topology.raw_topics()
     if raw:
         stages.append(NormalizeStage(input_topics=raw))
-    stages.append(RouteStage.from_topology(topology))
+    seen = app.Table("dedupe-seen", default=None, partitions=partitions, key_type=str, value_type=str)
+    stages.append(DedupeStage(seen=seen, window_s=dedupe_window_s))
+    index = app.GlobalTable("mpi-index", default=None, partitions=partitions, key_type=str)
+    model = load_model(mpi_model) if mpi_model else default_model()
+    stages.append(IdentityStage(engine=MatchEngine(model, store=TableStore(index))))
+    consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str)
+    stages.append(RouteStage.from_topology(topology, consent=consent))
     return stages
 
 
@@ -36,9 +65,10 @@ def run_worker(
     web_port: int | None = None,
     loglevel: str = "warn",
     store: str = "rocksdb://",
+    mpi_model: str | None = None,
 ) -> None:
-    def stages(_app: faust.App) -> Sequence[Stage]:
-        return stages_for(topology)
+    def stages(app: faust.App) -> Sequence[Stage]:
+        return stages_for(app, topology, mpi_model=mpi_model)
 
     app, _stats = build_app(topology, settings, stages, app_id=app_id, data_dir=data_dir, web_port=web_port,
                             store=store)
