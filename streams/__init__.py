@@ -1,1 +1,1 @@
-"""Stream agents (Faust) and the pure logic behind them."""
+"""The thinking: Faust agents (thin shells) around pure stage logic."""

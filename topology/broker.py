@@ -10,8 +10,12 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
+
+from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +107,19 @@ class EmbeddedBroker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def cluster(settings: KafkaSettings | None = None) -> Iterator[KafkaSettings]:
+    """The configured cluster, or an embedded broker for the duration of the block."""
+    settings = settings or KafkaSettings()
+    if settings.bootstrap_servers:
+        yield settings
+        return
+    with EmbeddedBroker() as broker:
+        log.warning(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: using an embedded in-memory broker at %s "
+            "(demo/test only - data is lost when it stops)",
+            broker.bootstrap,
+        )
+        yield settings.with_bootstrap(broker.bootstrap)

@@ -1,1 +1,1 @@
-"""The normalize stage: source formats to canonical FHIR R4 events."""
+"""The normalize stage: raw HL7 v2 / FHIR bytes -> canonical ClinicalEvent (FHIR R4 inside)."""

@@ -1,0 +1,1 @@
+"""The composition root: the `clinstream` CLI wires sources, agents and sinks together."""

@@ -1,0 +1,179 @@
+"""Subcommand registration: thin shells over functions that tests can call directly."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def register(sub: Sub) -> None:
+    _broker(sub)
+    _topology(sub)
+    _run(sub)
+    _bench(sub)
+    _demo(sub)
+
+
+def _topology_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--topology", "-t", required=required, default=os.environ.get("CLINSTREAM_TOPOLOGY"),
+                   help="topology YAML (env CLINSTREAM_TOPOLOGY)")
+
+
+def load(path: str) -> Any:
+    from topology.model import TopologyError, load_topology
+
+    try:
+        return load_topology(path)
+    except TopologyError as exc:
+        print(f"clinstream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+# --- broker -----------------------------------------------------------------
+
+def _broker(sub: Sub) -> None:
+    p = sub.add_parser("broker", help="run the embedded in-memory broker alone (demo/test only)")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=broker_command)
+
+
+def broker_command(args: argparse.Namespace) -> int:
+    from topology.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=args.port) as broker:
+        print(f"embedded broker (in-memory; demo/test only) on {broker.bootstrap}; Ctrl-C stops it", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while broker.alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+# --- topology ---------------------------------------------------------------
+
+def _topology(sub: Sub) -> None:
+    p = sub.add_parser("topology", help="plan/apply the topology against the cluster")
+    tsub = p.add_subparsers(dest="topology_command", required=True)
+    for name, helptext in (("plan", "show what apply would change"), ("apply", "create/alter topics")):
+        tp = tsub.add_parser(name, help=helptext)
+        _topology_arg(tp)
+        tp.set_defaults(func=topology_command, apply=name == "apply")
+    v = tsub.add_parser("validate", help="validate the topology file only")
+    _topology_arg(v)
+    v.set_defaults(func=lambda a: (load(a.topology), print(f"{a.topology}: ok"))[0] or 0)
+
+
+def topology_command(args: argparse.Namespace) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    from topology import plan as planner
+    from topology.broker import cluster
+
+    topo = load(args.topology)
+    with cluster() as settings:
+        admin = AdminClient(settings.librdkafka())
+        changes = planner.plan(topo, admin)
+        for change in changes:
+            print(change)
+        if not changes:
+            print("up to date")
+        if args.apply:
+            for line in planner.apply(changes, admin):
+                print(line)
+    return 0
+
+
+# --- run --------------------------------------------------------------------
+
+def _run(sub: Sub) -> None:
+    p = sub.add_parser("run", help="run one part of the pipeline (worker, source, sink)")
+    rsub = p.add_subparsers(dest="run_command", required=True)
+    w = rsub.add_parser("worker", help="the Faust worker (normalize, dedupe, identity, route)")
+    _topology_arg(w)
+    w.add_argument("--data-dir", default="var/worker")
+    w.add_argument("--app-id", default="clinstream-worker")
+    w.add_argument("--web-port", type=int, default=None)
+    w.add_argument("--store", default="rocksdb://")
+    w.set_defaults(func=run_worker_command)
+    s = rsub.add_parser("source", help="the topology's sources (MLLP, ...)")
+    _topology_arg(s)
+    s.add_argument("--source", action="append", help="only these sources (repeatable)")
+    s.set_defaults(func=run_source_command)
+    k = rsub.add_parser("sink", help="deliver one destination's topic to its sink")
+    _topology_arg(k)
+    k.add_argument("--destination", required=True)
+    k.add_argument("--group-id", default=None)
+    k.set_defaults(func=run_sink_command)
+
+
+def _require_cluster() -> Any:
+    from topology.settings import KafkaSettings
+
+    settings = KafkaSettings()
+    if not settings.bootstrap_servers:
+        print("clinstream: KAFKA_BOOTSTRAP_SERVERS is not set (start one with `clinstream broker`, "
+              "or use `clinstream demo`)", file=sys.stderr)
+        raise SystemExit(2)
+    return settings
+
+
+def run_worker_command(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    topo = load(args.topology)
+    run_worker(topo, _require_cluster(), data_dir=args.data_dir, app_id=args.app_id, web_port=args.web_port,
+               store=args.store)
+    return 0
+
+
+def run_source_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from connectors.sources.run import serve_sources
+
+    topo = load(args.topology)
+    asyncio.run(serve_sources(topo, _require_cluster(), args.source))
+    return 0
+
+
+def run_sink_command(args: argparse.Namespace) -> int:
+    from connectors.sinks.runner import sink_main
+
+    argv = ["--topology", args.topology, "--destination", args.destination]
+    if args.group_id:
+        argv += ["--group-id", args.group_id]
+    return int(sink_main(argv) or 0)
+
+
+# --- bench ------------------------------------------------------------------
+
+def _bench(sub: Sub) -> None:
+    from connectors.sources.mllp.bench import add_bench_mllp_parser
+
+    p = sub.add_parser("bench", help="benchmarks (not tests)")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    add_bench_mllp_parser(bsub)
+
+
+# --- demo -------------------------------------------------------------------
+
+def _demo(sub: Sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on an embedded broker with the sample ADT feed")
+    p.add_argument("--topology", default=None, help="default: topology/examples/demo.yaml")
+    p.add_argument("--keep-running", action="store_true", help="keep serving after the summary")
+    p.add_argument("--samples", default=None, help="HL7 v2 samples directory")
+    p.set_defaults(func=demo_command)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from clinstream.demo import run_demo
+
+    return run_demo(args)

@@ -1,0 +1,1 @@
+"""Everything that touches the outside world: sources (receive + persist) and sinks (deliver)."""

@@ -1,0 +1,1 @@
+"""Sources: receive, persist to Kafka, and only then acknowledge the sender."""

@@ -1,0 +1,115 @@
+"""The canonical envelope: pydantic twin for the edges, plain-dict Avro codec for the hot path.
+
+Agents pass events around as plain dicts shaped like the Avro record except that
+``resources`` holds the parsed FHIR resources (a list of dicts); ``encode_event``
+/ ``decode_event`` convert to and from the Avro bytes (schemaless, with the
+schema fingerprint travelling in a header, DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from functools import lru_cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+from pydantic import BaseModel, Field
+
+SCHEMA_PATH = Path(__file__).with_name("clinical_event.avsc")
+EVENT_NAMESPACE = uuid.UUID("5b1f6f0e-8a2c-4c1e-9a55-2f6c1a7c0d11")
+
+
+class EnvelopeError(ValueError):
+    """A record that is not a valid ClinicalEvent."""
+
+
+class SourceIdentifier(BaseModel):
+    system: str | None = None
+    value: str
+    type: str | None = None
+
+
+class PatientRef(BaseModel):
+    euid: str | None = None
+    identifiers: list[SourceIdentifier] = Field(default_factory=list)
+
+
+class Lineage(BaseModel):
+    topic: str
+    partition: int
+    offset: int
+    stages: list[str] = Field(default_factory=list)
+
+
+class ClinicalEvent(BaseModel):
+    """Pydantic twin of ``clinical_event.avsc`` (used at the edges and in tests, not per event)."""
+
+    event_id: str
+    event_type: str
+    source: str
+    source_message_id: str | None = None
+    patient: PatientRef = Field(default_factory=PatientRef)
+    occurred_at: str | None = None
+    received_at: str
+    resources: list[dict[str, Any]] = Field(default_factory=list)
+    destination: str | None = None
+    purpose: str | None = None
+    lineage: Lineage
+
+    def to_bytes(self) -> bytes:
+        return encode_event(self.model_dump())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClinicalEvent:
+        return cls.model_validate(decode_event(data))
+
+
+@lru_cache(maxsize=1)
+def parsed_schema() -> dict[str, Any]:
+    return fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text()))
+
+
+@lru_cache(maxsize=1)
+def schema_fingerprint() -> str:
+    """Canonical-form SHA-256 fingerprint, sent in the ``clinstream-schema`` header."""
+    from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+    return fingerprint(to_parsing_canonical_form(parsed_schema()), "SHA-256")
+
+
+def event_id_for(source: str, raw: bytes) -> str:
+    """Same input bytes from the same source always give the same id (replays are idempotent)."""
+    digest = hashlib.sha256(raw).hexdigest()
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{source}\x1f{digest}"))
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    record = dict(event)
+    resources = record.pop("resources", None)
+    if "resources_json" not in record:
+        record["resources_json"] = orjson.dumps(resources or []).decode()
+    buf = BytesIO()
+    try:
+        fastavro.schemaless_writer(buf, parsed_schema(), record)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise EnvelopeError(f"cannot encode ClinicalEvent: {exc}") from exc
+    return buf.getvalue()
+
+
+def decode_event(data: bytes) -> dict[str, Any]:
+    try:
+        record: dict[str, Any] = fastavro.schemaless_reader(BytesIO(data), parsed_schema(), None)
+        record["resources"] = orjson.loads(record.pop("resources_json"))
+    except Exception as exc:  # fastavro raises assorted errors on garbage
+        raise EnvelopeError(f"not a ClinicalEvent record: {type(exc).__name__}: {exc}") from exc
+    return record

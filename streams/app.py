@@ -1,0 +1,151 @@
+"""The Faust app: one agent per stage, each a thin shell around a pure ``Stage``.
+
+The shell batches (``take_events``), calls ``stage.process`` per record, sends
+every output and DLQ record, and waits for their delivery before the batch is
+acknowledged — so an offset is never committed for a record whose outputs are
+not durable (at-least-once; deterministic event ids make repeats harmless
+downstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import faust
+from faust.streams import _current_event
+
+from schemas import headers as H
+from streams.stage import InRecord, Outcome, Output
+from topology.model import Topology
+from topology.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class Stage(Protocol):
+    name: str
+    input_topics: Sequence[str]
+
+    def process(self, record: InRecord) -> Outcome: ...
+
+
+class StageStats:
+    """In-process counters per stage (exported as Prometheus metrics when available)."""
+
+    def __init__(self) -> None:
+        self.records_in: Counter[str] = Counter()
+        self.records_out: Counter[str] = Counter()
+        self.dropped: Counter[tuple[str, str]] = Counter()
+        self.dlq: Counter[tuple[str, str]] = Counter()
+
+
+def build_app(
+    topology: Topology,
+    settings: KafkaSettings,
+    stages: Callable[[faust.App], Sequence[Stage]],
+    *,
+    app_id: str = "clinstream-worker",
+    data_dir: str | Path = "var/worker",
+    store: str = "rocksdb://",
+    batch_size: int = 500,
+    batch_within_s: float = 0.01,
+    web_port: int | None = None,
+) -> tuple[faust.App, StageStats]:
+    app = faust.App(
+        app_id,
+        **settings.faust_broker_kwargs(),
+        store=store,
+        datadir=str(data_dir),
+        topic_partitions=topology.topic_defaults.partitions,
+        topic_replication_factor=topology.topic_defaults.replication_factor,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        producer_acks=-1,
+        producer_linger_ms=2,
+        producer_max_batch_size=1_048_576,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=8192,
+        broker_commit_every=5000,
+        broker_commit_interval=1.0,
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        web_bind="0.0.0.0",  # probes and scrapes come from the pod network
+    )
+    stats = StageStats()
+    for stage in stages(app):
+        _register(app, stage, stats, batch_size, batch_within_s)
+    return app, stats
+
+
+def _register(app: faust.App, stage: Stage, stats: StageStats, batch_size: int, within: float) -> None:
+    topic = app.topic(*stage.input_topics, key_type=bytes, value_type=bytes, value_serializer="raw",
+                      key_serializer="raw")
+    dlq_topic = f"dlq.{stage.name}"
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(batch_size, within=within):
+            pending: list[Any] = []
+            started = time.perf_counter()
+            for event in events:
+                # take_events buffers a batch; point Faust's "current event" at the record being processed
+                # so table writes go to that record's changelog partition (and windows use its time).
+                _current_event.set(weakref.ref(event))
+                msg = event.message
+                record = InRecord(
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    key=msg.key,
+                    value=msg.value or b"",
+                    headers=H.as_dict(msg.headers),
+                    timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
+                )
+                stats.records_in[stage.name] += 1
+                try:
+                    outcome = stage.process(record)
+                except Exception as exc:  # never let one record crash the worker: dead-letter it
+                    log.warning("%s: %s at %s[%d]@%d", stage.name, type(exc).__name__, msg.topic,
+                                msg.partition, msg.offset)
+                    outcome = Outcome.dead_letter(exc)
+                for out in outcome.outputs:
+                    pending.append(await _send(app, out))
+                    stats.records_out[stage.name] += 1
+                if outcome.dropped:
+                    stats.dropped[(stage.name, outcome.dropped)] += 1
+                if outcome.error is not None:
+                    stats.dlq[(stage.name, type(outcome.error).__name__)] += 1
+                    pending.append(await _send(app, _dead_letter(stage.name, dlq_topic, record, outcome.error)))
+            if pending:
+                await asyncio.gather(*pending)
+            log.debug("%s: batch of %d in %.1f ms", stage.name, len(events), (time.perf_counter() - started) * 1e3)
+
+    agent.__name__ = f"{stage.name}_agent"
+    app.agent(topic, name=stage.name)(agent)
+
+
+async def _send(app: faust.App, out: Output) -> Any:
+    return await app.producer.send(out.topic, out.key, out.value, None, None, list(out.headers))
+
+
+def _dead_letter(stage: str, dlq_topic: str, record: InRecord, error: BaseException) -> Output:
+    return Output(
+        topic=dlq_topic,
+        key=record.key,
+        value=record.value,
+        headers=H.dlq_headers(
+            stage=stage,
+            error=error,
+            origin_topic=record.topic,
+            origin_partition=record.partition,
+            origin_offset=record.offset,
+            source=record.headers.get(H.SOURCE),
+            event_id=record.headers.get(H.EVENT_ID),
+        ),
+    )

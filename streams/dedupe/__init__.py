@@ -1,0 +1,1 @@
+"""The dedupe stage: drop exact and content duplicates within a window."""

@@ -1,0 +1,45 @@
+"""The dedupe stage shell: ``canonical.events`` -> ``dedup.events``.
+
+State lives in an injected mapping: a Faust table in the worker (changelogged,
+RocksDB-backed, co-partitioned with ``canonical.events``, which is keyed by the
+source patient id — so every resend of a message lands on the same partition as
+its first copy), a dict in tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+
+from schemas import headers as H
+from schemas.envelope import decode_event, encode_event
+from streams.dedupe.logic import decide
+from streams.stage import InRecord, Outcome, Output
+from topology.model import CANONICAL, DEDUPED
+
+FLAG_HEADER = "clinstream-dedupe-flag"
+
+
+@dataclass
+class DedupeStage:
+    seen: MutableMapping[str, str]
+    window_s: float = 7 * 24 * 3600.0
+    input_topics: Sequence[str] = (CANONICAL,)
+    output_topic: str = DEDUPED
+    name: str = "dedupe"
+    clock: Callable[[], float] = time.time
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def process(self, record: InRecord) -> Outcome:
+        event = decode_event(record.value)
+        decision = decide(event, self.seen, self.clock(), self.window_s)
+        self.counts[decision.reason] += 1
+        if decision.action == "drop":
+            return Outcome.drop(decision.reason)
+        event["lineage"]["stages"] = [*event["lineage"]["stages"], "dedupe"]
+        pairs = [(k, v) for k, v in record.headers.items() if k != FLAG_HEADER]
+        if decision.flagged:
+            pairs.append((FLAG_HEADER, decision.reason))
+        return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, H.encode(pairs)))

@@ -1,0 +1,297 @@
+"""The MPI matching engine: deterministic links first, Fellegi-Sunter second, three bands.
+
+Storage model (so the in-memory index can be swapped for a Faust table / key-value store)
+---------------------------------------------------------------------------------------
+All state lives in a :class:`KeyValueStore` with ``get(key)`` / ``put(key, value)`` of
+small JSON-serialisable values (strings and lists of strings). Key namespaces:
+
+``b:<blocking key>``  → ``[euid, ...]``        entities emitting that blocking key (capped at
+                                               ``max_block_size``; a full block is ignored
+                                               at lookup because it no longer discriminates)
+``e:<euid>``          → ``[[feature...], ...]`` the member records' feature vectors
+                                               (:func:`comparisons.features`), no raw PHI
+``i:<system>|<value>``→ ``euid``               source identifier (assigning authority) index
+``x:ssn|<ssn>``       → ``euid``               strong-identifier index
+``r:<source>|<id>``   → ``euid``               where a source record already went
+
+The identity agent partitions by blocking key: a lookup reads the ``b:`` keys of the
+record, then the ``e:`` entries of the candidates. Writes are idempotent puts, so a replayed
+record yields the same EUID (``r:`` short-circuits and the id factory is deterministic).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from streams.identity.blocking import blocking_keys
+from streams.identity.comparisons import _FUNCS, COMPARISONS, F_REF, F_SSN, features
+from streams.identity.model import MatchModel
+from streams.identity.record import PatientRecord
+
+AUTO_LINK = "auto-link"
+REVIEW = "review"
+NEW = "new"
+
+EUID_NAMESPACE = uuid.UUID("6f1c1f0e-7f0a-5a55-9c1d-5b0e1d3a9e11")
+_SSN_INDEX = _FUNCS.index(COMPARISONS[-1].compare) if COMPARISONS[-1].name == "ssn" else -1
+# Feature positions worth interning: names, codes, dates and places repeat across patients.
+_INTERN = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16)
+
+
+class KeyValueStore(Protocol):
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+    def put(self, key: str, value: Any) -> None: ...
+
+
+class MemoryStore(dict[str, Any]):
+    """dict-backed store; ``get`` is dict.get (C speed on the hot path)."""
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Match-probability cut-offs: ≥ auto_link links, ≥ review queues for a human, else new.
+
+    ``strong_id_min_weight``: a strong identifier (full SSN) links deterministically only if
+    the rest of the demographics do not argue against it (their summed weight ≥ this);
+    otherwise the pair goes to review — shared or mistyped SSNs are a known MPI hazard.
+    """
+
+    auto_link: float = 0.99
+    review: float = 0.5
+    strong_id_min_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.review <= self.auto_link <= 1.0:
+            raise ValueError("thresholds must satisfy 0 <= review <= auto_link <= 1")
+
+    def band(self, probability: float) -> str:
+        if probability >= self.auto_link:
+            return AUTO_LINK
+        if probability >= self.review:
+            return REVIEW
+        return NEW
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    euid: str
+    record_ref: str  # "source|record_id" of the best-scoring member
+    match_weight: float  # log2 Bayes factor, prior included
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    band: str  # 'auto-link' | 'review' | 'new'
+    euid: str | None  # the record's EUID (None from resolve() when band != auto-link)
+    best_candidate: Candidate | None
+    score: float  # match probability of the best candidate (1.0 for deterministic links)
+    deterministic: bool
+    reasons: tuple[str, ...]  # level labels / rule names; never PHI values
+    candidates_compared: int = 0
+
+
+def default_euid_factory(record: PatientRecord) -> str:
+    """Stable EUID from the founding record's first source identifier (or its record id)."""
+    seed = record.identifiers[0].key() if record.identifiers else f"{record.source}|{record.record_id}"
+    return uuid.uuid5(EUID_NAMESPACE, seed).hex
+
+
+class MatchEngine:
+    def __init__(
+        self,
+        model: MatchModel,
+        thresholds: Thresholds | None = None,
+        store: KeyValueStore | None = None,
+        *,
+        id_factory: Callable[[PatientRecord], str] = default_euid_factory,
+        strong_identifiers: Iterable[str] = ("ssn",),
+        max_block_size: int = 1000,
+    ) -> None:
+        self.model = model
+        self.thresholds = thresholds or Thresholds()
+        self.store: KeyValueStore = store if store is not None else MemoryStore()
+        self.id_factory = id_factory
+        self.strong_identifiers = frozenset(strong_identifiers)
+        self.max_block_size = max_block_size
+        self._table = model.weight_table()
+        self._prior = model.prior_weight
+
+    # ----------------------------------------------------------------- scoring
+    def pair_weight(self, a: list[str], b: list[str]) -> float:
+        """Posterior log2-odds that two feature vectors are the same person."""
+        total = self._prior
+        for f, w in zip(_FUNCS, self._table, strict=True):
+            total += w[f(a, b)]
+        return total
+
+    def explain(self, a: list[str], b: list[str]) -> tuple[str, ...]:
+        """Level label and weight per comparison, strongest evidence first (no PHI)."""
+        items = []
+        for comp, w in zip(COMPARISONS, self._table, strict=True):
+            level = comp.compare(a, b)
+            if level:
+                items.append((abs(w[level]), f"{comp.name}:{comp.levels[level]}({w[level]:+.1f})"))
+        return tuple(text for _, text in sorted(items, reverse=True))
+
+    def candidate_euids(self, feats: list[str]) -> set[str]:
+        get = self.store.get
+        cap = self.max_block_size
+        found: set[str] = set()
+        for key in blocking_keys(feats):
+            block = get("b:" + key)
+            if block and len(block) < cap:
+                found.update(block)
+        return found
+
+    def score_candidates(self, feats: list[str]) -> list[tuple[str, str, float]]:
+        """(euid, member record ref, match weight) for every member of every candidate entity."""
+        get = self.store.get
+        table = self._table
+        prior = self._prior
+        funcs = _FUNCS
+        out: list[tuple[str, str, float]] = []
+        for euid in self.candidate_euids(feats):
+            for member in get("e:" + euid) or ():
+                total = prior
+                for f, w in zip(funcs, table, strict=True):
+                    total += w[f(feats, member)]
+                out.append((euid, member[F_REF], total))
+        return out
+
+    # ----------------------------------------------------------------- resolve
+    def resolve(self, record: PatientRecord) -> Resolution:
+        """Decide where ``record`` belongs without changing the index."""
+        return self._resolve(record, features(record))
+
+    def _resolve(self, record: PatientRecord, feats: list[str]) -> Resolution:
+        get = self.store.get
+        # 1. The same source record seen before: idempotent replays and updates.
+        known = get("r:" + feats[F_REF])
+        if known is not None:
+            return Resolution(AUTO_LINK, known, None, 1.0, True, ("same-source-record",))
+        # 2. Assigning authority + identifier.
+        hits = {get("i:" + ident.key()) for ident in record.identifiers}
+        hits.discard(None)
+        if len(hits) == 1:
+            euid = hits.pop()
+            return Resolution(AUTO_LINK, euid, None, 1.0, True, ("identifier",))
+        if len(hits) > 1:
+            # Two entities claim this record's identifiers: a potential duplicate for a human.
+            best = sorted(hits)[0]
+            cand = Candidate(best, "", 0.0, 1.0)
+            return Resolution(REVIEW, None, cand, 1.0, True, ("identifier-conflict", *sorted(hits)))
+        # 3. Probabilistic, with strong identifiers checked against the demographics.
+        scored = self.score_candidates(feats)
+        strong_euid = None
+        if "ssn" in self.strong_identifiers and feats[F_SSN]:
+            strong_euid = get("x:ssn|" + feats[F_SSN])
+        best_by_euid: dict[str, tuple[float, str]] = {}
+        for euid, ref, weight in scored:
+            prev = best_by_euid.get(euid)
+            if prev is None or weight > prev[0]:
+                best_by_euid[euid] = (weight, ref)
+        if strong_euid is not None:
+            demo = self._strong_id_support(feats, strong_euid)
+            if demo >= self.thresholds.strong_id_min_weight:
+                return Resolution(
+                    AUTO_LINK, strong_euid, None, 1.0, True, ("strong-identifier:ssn",), len(scored)
+                )
+        if not best_by_euid:
+            return Resolution(NEW, None, None, 0.0, False, ("no-candidates",), 0)
+        ranked = sorted(best_by_euid.items(), key=lambda kv: kv[1][0], reverse=True)
+        euid, (weight, ref) = ranked[0]
+        prob = self.model.probability(weight)
+        band = self.thresholds.band(prob)
+        cand = Candidate(euid, ref, weight, prob)
+        reasons: list[str] = []
+        if strong_euid is not None:
+            reasons.append("strong-identifier-contradicted:ssn")
+            band = REVIEW if band == NEW else band
+        best_member = next(m for m in get("e:" + euid) if m[F_REF] == ref)
+        reasons.extend(self.explain(feats, best_member))
+        if len(ranked) > 1 and self.model.probability(ranked[1][1][0]) >= self.thresholds.auto_link:
+            reasons.append("also-matches:" + ranked[1][0])  # index holds a likely duplicate
+        return Resolution(
+            band, euid if band == AUTO_LINK else None, cand, prob, False, tuple(reasons), len(scored)
+        )
+
+    def _strong_id_support(self, feats: list[str], euid: str) -> float:
+        """Best demographic weight (SSN excluded) of the entity holding the same strong id."""
+        best = float("-inf")
+        for member in self.store.get("e:" + euid) or ():
+            total = 0.0
+            for i, (f, w) in enumerate(zip(_FUNCS, self._table, strict=True)):
+                if i != _SSN_INDEX:
+                    total += w[f(feats, member)]
+            best = max(best, total)
+        return best
+
+    # ----------------------------------------------------------------- writes
+    def add(self, record: PatientRecord) -> Resolution:
+        """Resolve and commit: auto-link joins the entity, review/new founds a new EUID.
+
+        A review-band record gets its own EUID (so downstream keeps flowing) and the
+        resolution names the candidate a human should compare it with.
+        """
+        feats = features(record)
+        res = self._resolve(record, feats)
+        if res.band == AUTO_LINK and res.euid is not None:
+            self.index_features(record, feats, res.euid)
+            return res
+        euid = self.id_factory(record)
+        self.index_features(record, feats, euid)
+        return Resolution(
+            res.band,
+            euid,
+            res.best_candidate,
+            res.score,
+            res.deterministic,
+            res.reasons,
+            res.candidates_compared,
+        )
+
+    def index_record(self, record: PatientRecord, euid: str | None = None) -> str:
+        """Put a record into the index under ``euid`` (a fresh one by default) without matching.
+
+        For bulk loads of already-deduplicated registers and for pairwise evaluation.
+        """
+        euid = euid or self.id_factory(record)
+        self.index_features(record, features(record), euid)
+        return euid
+
+    def index_features(self, record: PatientRecord, feats: list[str], euid: str) -> None:
+        store = self.store
+        get = store.get
+        feats = [sys.intern(v) if i in _INTERN else v for i, v in enumerate(feats)]
+        ref = feats[F_REF]
+        members = get("e:" + euid)
+        if members and get("r:" + ref) == euid:
+            # A re-sent source record replaces its previous demographics in the entity.
+            members = [m for m in members if m[F_REF] != ref]
+        store.put("e:" + euid, [*members, feats] if members else [feats])
+        store.put("r:" + ref, euid)
+        for ident in record.identifiers:
+            key = "i:" + ident.key()
+            if get(key) is None:
+                store.put(key, euid)
+        if feats[F_SSN] and "ssn" in self.strong_identifiers:
+            key = "x:ssn|" + feats[F_SSN]
+            if get(key) is None:
+                store.put(key, euid)
+        cap = self.max_block_size
+        for bkey in blocking_keys(feats):
+            key = "b:" + bkey
+            block = get(key)
+            if block is None:
+                store.put(key, [euid])
+            elif euid not in block and len(block) < cap:
+                store.put(key, [*block, euid])

@@ -1,0 +1,65 @@
+"""The normalize stage: ``raw.<format>.<source>`` -> ``canonical.events``.
+
+Pure logic around the v2-to-FHIR mapping; the Faust shell lives in ``streams.app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas import headers as H
+from schemas.envelope import encode_event, event_id_for, utc_now_iso
+from streams.normalize.hl7v2 import convert_message, event_summary
+from streams.stage import InRecord, Outcome, Output
+from topology.model import CANONICAL
+
+
+@dataclass
+class NormalizeStage:
+    input_topics: Sequence[str]
+    name: str = "normalize"
+    output_topic: str = CANONICAL
+
+    def process(self, record: InRecord) -> Outcome:
+        source = record.headers.get(H.SOURCE) or record.topic.rsplit(".", 1)[-1]
+        fmt = record.topic.split(".")[1] if record.topic.startswith("raw.") else "hl7v2"
+        if fmt != "hl7v2":
+            return Outcome.dead_letter(ValueError(f"no normalizer for format {fmt!r}"))
+        event = to_event(record.value, source=source, headers=record.headers,
+                         origin=(record.topic, record.partition, record.offset))
+        out_headers = H.encode([
+            (H.EVENT_ID, event["event_id"]),
+            (H.SOURCE, source),
+            (H.TRACEPARENT, record.headers.get(H.TRACEPARENT, "")),
+            (H.RECEIVED_AT, event["received_at"]),
+        ])
+        return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, out_headers))
+
+
+def to_event(
+    raw: bytes,
+    *,
+    source: str,
+    headers: dict[str, str] | None = None,
+    origin: tuple[str, int, int] = ("-", -1, -1),
+) -> dict[str, Any]:
+    """One HL7 v2 message -> envelope dict. Raises the mapping's typed errors on bad input."""
+    headers = headers or {}
+    bundle = convert_message(raw, source=source)
+    summary = event_summary(bundle)
+    resources = [entry["resource"] for entry in bundle.get("entry", ())]
+    return {
+        "event_id": headers.get(H.EVENT_ID) or event_id_for(source, raw),
+        "event_type": summary.event_type,
+        "source": source,
+        "source_message_id": summary.message_id,
+        "patient": {"euid": None, "identifiers": list(summary.patient_identifiers)},
+        "occurred_at": summary.occurred_at,
+        "received_at": headers.get(H.RECEIVED_AT) or utc_now_iso(),
+        "resources": resources,
+        "destination": None,
+        "purpose": None,
+        "lineage": {"topic": origin[0], "partition": origin[1], "offset": origin[2], "stages": ["normalize"]},
+    }

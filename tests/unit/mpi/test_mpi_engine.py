@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from streams.identity.engine import AUTO_LINK, NEW, REVIEW, MatchEngine, MemoryStore, Thresholds
+from streams.identity.model import default_model
+from streams.identity.record import Identifier, PatientRecord
+
+
+def test_first_record_is_new_with_stable_euid(engine: MatchEngine, alice: PatientRecord) -> None:
+    res = engine.add(alice)
+    assert res.band == NEW and res.euid and not res.deterministic
+    other = MatchEngine(default_model())
+    assert other.add(alice).euid == res.euid  # same founding record → same EUID
+
+
+def test_replay_of_the_same_source_record_is_idempotent(engine: MatchEngine, alice: PatientRecord) -> None:
+    euid = engine.add(alice).euid
+    again = engine.add(replace(alice, phone="2175559999"))
+    assert again.euid == euid and again.deterministic and again.reasons == ("same-source-record",)
+    assert len(engine.store.get("e:" + euid)) == 1  # replaced, not appended
+
+
+def test_deterministic_link_on_assigning_authority_identifier(
+    engine: MatchEngine, alice: PatientRecord
+) -> None:
+    euid = engine.add(alice).euid
+    # Same MRN from the same authority, different record id and wildly different demographics.
+    moved = PatientRecord(
+        "A1-v2", "ehr", identifiers=alice.identifiers, family="Jones", given="Alice", birth_date="1980-04-12"
+    )
+    res = engine.resolve(moved)
+    assert res.band == AUTO_LINK and res.deterministic and res.euid == euid and res.reasons == ("identifier",)
+
+
+def test_same_value_under_another_authority_is_not_a_deterministic_link(
+    engine: MatchEngine, alice: PatientRecord
+) -> None:
+    engine.add(alice)
+    stranger = PatientRecord(
+        "Z9",
+        "lab",
+        identifiers=(Identifier("urn:oid:9.9.9.lab", "MRN001", "MR"),),
+        family="Zhang",
+        given="Wei",
+        birth_date="1955-01-01",
+    )
+    res = engine.resolve(stranger)
+    assert res.band == NEW and not res.deterministic
+
+
+def test_identifier_conflict_goes_to_review(engine: MatchEngine, alice: PatientRecord) -> None:
+    a = engine.add(alice).euid
+    bob = PatientRecord(
+        "B1",
+        "lab",
+        identifiers=(Identifier("urn:oid:lab", "L-1", "MR"),),
+        family="Brown",
+        given="Bob",
+        birth_date="1970-01-01",
+    )
+    b = engine.add(bob).euid
+    both = PatientRecord("C1", "hie", identifiers=(*alice.identifiers, *bob.identifiers))
+    res = engine.resolve(both)
+    assert res.band == REVIEW and res.deterministic and "identifier-conflict" in res.reasons
+    assert {a, b} <= set(res.reasons)
+
+
+def test_strong_identifier_links_when_demographics_agree(engine: MatchEngine, alice: PatientRecord) -> None:
+    euid = engine.add(alice).euid
+    other_source = PatientRecord(
+        "X", "billing", family="Smith", given="Alicia", birth_date="1980-04-12", ssn="123456780"
+    )
+    res = engine.resolve(other_source)
+    assert res.band == AUTO_LINK and res.deterministic and res.euid == euid
+    assert res.reasons == ("strong-identifier:ssn",)
+
+
+def test_strong_identifier_contradicted_by_demographics_goes_to_review(
+    engine: MatchEngine, alice: PatientRecord
+) -> None:
+    engine.add(alice)
+    mistyped = PatientRecord(
+        "Y",
+        "billing",
+        family="Okafor",
+        given="Chidi",
+        birth_date="1944-11-30",
+        sex="male",
+        postal_code="10001",
+        ssn="123456780",
+    )
+    res = engine.resolve(mistyped)
+    assert res.band == REVIEW and not res.deterministic
+    assert "strong-identifier-contradicted:ssn" in res.reasons
+
+
+def test_probabilistic_auto_link_with_typos(engine: MatchEngine, alice: PatientRecord) -> None:
+    euid = engine.add(alice).euid
+    typo = PatientRecord(
+        "P7",
+        "portal",
+        family="Smyth",
+        given="Alice",
+        birth_date="1980-04-21",
+        sex="F",
+        address_line="12 High St",
+        city="Springfield",
+        postal_code="62704",
+        phone="217 555 0134",
+    )
+    res = engine.add(typo)
+    assert res.band == AUTO_LINK and not res.deterministic and res.euid == euid
+    assert res.score >= 0.99 and res.best_candidate is not None
+    assert res.best_candidate.record_ref == "ehr|A1"
+    assert any(r.startswith("phone:exact") for r in res.reasons)
+    assert len(engine.store.get("e:" + euid)) == 2
+
+
+def test_review_band_between_thresholds(alice: PatientRecord) -> None:
+    eng = MatchEngine(default_model(), Thresholds(auto_link=0.999999, review=0.5))
+    eng.add(alice)
+    # Name and DOB agree, address and phone unknown: probable but not certain.
+    weak = PatientRecord("W", "clinic", family="Smith", given="Alice", birth_date="1980-04-12")
+    res = eng.resolve(weak)
+    assert res.band == REVIEW and res.euid is None
+    assert 0.5 <= res.score < 0.999999
+    added = eng.add(weak)
+    assert added.band == REVIEW and added.euid not in (None, res.best_candidate.euid)  # type: ignore[union-attr]
+
+
+def test_unrelated_record_is_new(engine: MatchEngine, alice: PatientRecord) -> None:
+    engine.add(alice)
+    res = engine.resolve(
+        PatientRecord(
+            "Q",
+            "ehr",
+            family="Smith",
+            given="Robert",
+            birth_date="1931-07-01",
+            sex="male",
+            postal_code="62704",
+        )
+    )
+    assert res.band == NEW and res.euid is None
+
+
+def test_index_values_are_json_serialisable(engine: MatchEngine, alice: PatientRecord) -> None:
+    engine.add(alice)
+    engine.add(replace(alice, record_id="A2", given="Alicia"))
+    store = engine.store
+    assert isinstance(store, MemoryStore)
+    assert json.loads(json.dumps(dict(store))) == dict(store)
+    assert all(k[:2] in {"b:", "e:", "i:", "x:", "r:"} for k in store)
+
+
+def test_full_blocks_are_ignored(alice: PatientRecord) -> None:
+    eng = MatchEngine(default_model(), max_block_size=3)
+    for i in range(5):
+        eng.index_record(replace(alice, record_id=f"A{i}", identifiers=()))
+    assert eng.candidate_euids(eng_features(alice)) == set()
+
+
+def eng_features(record: PatientRecord) -> list[str]:
+    from streams.identity.comparisons import features
+
+    return features(record)
+
+
+def test_thresholds_validation() -> None:
+    with pytest.raises(ValueError):
+        Thresholds(auto_link=0.5, review=0.9)
+    t = Thresholds(0.9, 0.4)
+    assert (t.band(0.95), t.band(0.5), t.band(0.1)) == (AUTO_LINK, REVIEW, NEW)
+
+
+def test_injected_id_factory(alice: PatientRecord) -> None:
+    eng = MatchEngine(default_model(), id_factory=lambda r: "E-" + r.record_id)
+    assert eng.add(alice).euid == "E-A1"
