@@ -98,8 +98,24 @@ class Encoding:
         return f"Encoding({self.field!r}, {self.chars!r})"
 
 
+_ENCODING_CACHE: dict[str, Encoding] = {}
+
+
 def read_encoding(first_segment: str, segment_index: int = 1) -> Encoding:
     """Validate and return the delimiters declared by an MSH segment line."""
+    # "MSH" + separator + up to 5 encoding characters + separator fully determines
+    # the result, so validated prefixes are cached (bounded: senders use few).
+    key = first_segment[:10]
+    cached = _ENCODING_CACHE.get(key)
+    if cached is not None:
+        return cached
+    enc = _read_encoding(first_segment, segment_index)
+    if len(_ENCODING_CACHE) < 256:
+        _ENCODING_CACHE[key] = enc
+    return enc
+
+
+def _read_encoding(first_segment: str, segment_index: int) -> Encoding:
     if not first_segment.startswith("MSH"):
         raise Hl7ParseError(
             "message does not start with an MSH segment",
@@ -350,16 +366,28 @@ class Segment:
 
 
 class Message:
-    """A tokenized HL7 v2 message: segments in order plus the MSH-derived header data."""
+    """A tokenized HL7 v2 message: segment lines plus the MSH-derived header data.
 
-    __slots__ = ("_by_id", "charset", "enc", "msh", "segs")
+    Segment objects (and the segment-id/separator checks) are built on first
+    access of :meth:`segments`; that is also where a malformed segment raises.
+    """
 
-    def __init__(self, segs: list[Segment], enc: Encoding, charset: str) -> None:
-        self.segs = segs
+    __slots__ = ("_by_id", "_charset", "_lines", "_segs", "enc", "msh")
+
+    def __init__(self, lines: list[str], enc: Encoding, charset: str | None = None) -> None:
+        self._lines = lines
         self.enc = enc
-        self.msh = segs[0]
-        self.charset = charset
+        self.msh = Segment("MSH", lines[0], enc, 1)
+        self._charset = charset
+        self._segs: list[Segment] | None = None
         self._by_id: dict[str, list[Segment]] | None = None
+
+    @property
+    def segs(self) -> list[Segment]:
+        segs = self._segs
+        if segs is None:
+            segs = self._segs = _segments(self._lines, self.enc, self.msh)
+        return segs
 
     def segments(self, sid: str | None = None) -> list[Segment]:
         if sid is None:
@@ -376,11 +404,23 @@ class Message:
         found = self.segments(sid)
         return found[0] if found else None
 
+    def validate(self) -> Message:
+        """Force segment tokenization so structural errors surface now; returns self."""
+        self.segs  # noqa: B018 - property access is the point
+        return self
+
     def __iter__(self) -> Iterator[Segment]:
         return iter(self.segs)
 
     def __len__(self) -> int:
         return len(self.segs)
+
+    @property
+    def charset(self) -> str:
+        """MSH-18 (first repetition), ``""`` when not declared."""
+        if self._charset is None:
+            self._charset = self.msh.get(18)
+        return self._charset
 
     @property
     def message_type(self) -> tuple[str, str, str]:
@@ -404,7 +444,7 @@ class Message:
         return self.enc.chars
 
     def __repr__(self) -> str:
-        return f"Message({'^'.join(self.message_type)!r}, segments={len(self.segs)})"
+        return f"Message({'^'.join(self.message_type)!r}, segments={len(self._lines)})"
 
 
 def _decode(data: bytes) -> tuple[str, bool]:
@@ -430,56 +470,56 @@ def _strip_envelope(text: str) -> str:
 def parse_message(
     data: bytes | bytearray | memoryview | str, *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Message:
-    """Tokenize one ER7-encoded message into segments (fields stay unsplit until read)."""
+    """Tokenize one ER7-encoded message into segment lines and read its MSH.
+
+    Fields stay unsplit until read; segment objects are built on first access.
+    """
     if isinstance(data, str):
         if len(data) > max_bytes:
             raise Hl7ParseError(f"message of {len(data)} characters exceeds the {max_bytes} limit")
-        text, charset = _strip_envelope(data), ""
-        lines = _split_lines(text)
-        enc = read_encoding(lines[0])
-        segs = _segments(lines, enc)
-        charset = segs[0].get(18)
-        return Message(segs, enc, charset)
+        lines = _split_lines(_strip_envelope(data))
+        return Message(lines, read_encoding(lines[0]))
     if not isinstance(data, bytes | bytearray | memoryview):
         raise Hl7ParseError(f"cannot parse a {type(data).__name__} as HL7 v2")
-    raw = bytes(data)
+    raw = data if isinstance(data, bytes) else bytes(data)
     if len(raw) > max_bytes:
         raise Hl7ParseError(f"message of {len(raw)} bytes exceeds the {max_bytes} byte limit")
     text, ascii_only = _decode(raw)
-    text = _strip_envelope(text)
-    lines = _split_lines(text)
+    lines = _split_lines(_strip_envelope(text))
     enc = read_encoding(lines[0])
-    segs = _segments(lines, enc)
-    charset = segs[0].get(18)
-    if charset and not ascii_only:
-        codec = codec_for_charset(charset)
-        if codec is not None and codec not in ("utf-8", "ascii"):
-            # The sender declared a non-UTF-8 charset: honour it (e.g. 8859/1
-            # bytes that happen to be valid UTF-8 would otherwise be misread).
-            try:
-                text = raw.decode(codec)
-            except (UnicodeDecodeError, LookupError):
-                text = raw.decode("latin-1")
-            lines = _split_lines(_strip_envelope(text))
-            enc = read_encoding(lines[0])
-            segs = _segments(lines, enc)
-    return Message(segs, enc, charset)
+    if ascii_only:
+        return Message(lines, enc)
+    msg = Message(lines, enc)
+    codec = codec_for_charset(msg.charset)
+    if codec is not None and codec not in ("utf-8", "ascii"):
+        # The sender declared a non-UTF-8 charset: honour it (e.g. 8859/1
+        # bytes that happen to be valid UTF-8 would otherwise be misread).
+        try:
+            text = raw.decode(codec)
+        except (UnicodeDecodeError, LookupError):
+            text = raw.decode("latin-1")
+        lines = _split_lines(_strip_envelope(text))
+        msg = Message(lines, read_encoding(lines[0]), msg.charset)
+    return msg
 
 
 def _split_lines(text: str) -> list[str]:
     if not text:
         raise Hl7ParseError("empty message", hl7_error_code=100)
-    if "\n" in text:
-        text = text.replace("\r\n", "\r").replace("\n", "\r")
-    return text.split("\r")
+    # Checked separately because replace("\r\n", ...) scans slowly even when absent.
+    if "\n" not in text:
+        return text.split("\r")
+    if "\r" not in text:
+        return text.split("\n")
+    return text.replace("\r\n", "\r").replace("\n", "\r").split("\r")
 
 
-def _segments(lines: list[str], enc: Encoding) -> list[Segment]:
+def _segments(lines: list[str], enc: Encoding, msh: Segment) -> list[Segment]:
     fs = enc.field
-    segs: list[Segment] = []
+    segs: list[Segment] = [msh]
     valid = _VALID_IDS
-    index = 0
-    for line in lines:
+    index = 1
+    for line in lines[1:]:
         if not line:
             continue
         if line[0] <= " ":
@@ -490,9 +530,7 @@ def _segments(lines: list[str], enc: Encoding) -> list[Segment]:
         sid = line[:3]
         if sid not in valid:
             if not _SEGMENT_ID.fullmatch(sid):
-                raise Hl7ParseError(
-                    f"invalid segment id {sid!r}", segment_index=index, segment_id=None, hl7_error_code=100
-                )
+                raise Hl7ParseError(f"invalid segment id {sid!r}", segment_index=index, hl7_error_code=100)
             valid.add(sid)
         if len(line) > 3 and line[3] != fs:
             raise Hl7ParseError(
@@ -502,6 +540,4 @@ def _segments(lines: list[str], enc: Encoding) -> list[Segment]:
                 hl7_error_code=100,
             )
         segs.append(Segment(sid, line, enc, index))
-    if index > 1 and segs[0].id != "MSH":
-        raise Hl7ParseError("message does not start with an MSH segment", segment_index=1, hl7_error_code=100)
     return segs

@@ -130,7 +130,7 @@ def test_latin1_fallback_and_declared_charset() -> None:
 )
 def test_malformed_input_raises_hl7_parse_error(raw: bytes, fragment: str) -> None:
     with pytest.raises(Hl7ParseError, match=fragment):
-        parse_message(raw)
+        parse_message(raw).validate()
 
 
 def test_error_message_names_location() -> None:
@@ -138,7 +138,7 @@ def test_error_message_names_location() -> None:
     assert str(err) == "PID-7 (segment 3): invalid timestamp '1988x'"
     assert isinstance(err, ValueError)
     with pytest.raises(Hl7ParseError) as info:
-        parse_message(b"MSH|^~\\&|A\rEVN|1\rp!d|x")
+        parse_message(b"MSH|^~\\&|A\rEVN|1\rp!d|x").segments()
     assert info.value.segment_index == 3
 
 

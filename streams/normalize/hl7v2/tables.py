@@ -1,0 +1,50 @@
+"""v2 code tables → FHIR codes, loaded once from the JSON files beside this module."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+_DIR = Path(__file__).with_name("tables")
+
+V2 = "http://terminology.hl7.org/CodeSystem/v2-"
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+V3_MARITAL = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+
+
+@cache
+def table(name: str) -> dict[str, Any]:
+    """The mapping table ``tables/<name>.json`` (keys are v2 codes; ``_doc`` describes it)."""
+    data: dict[str, Any] = orjson.loads((_DIR / f"{name}.json").read_bytes())
+    data.pop("_doc", None)
+    return data
+
+
+def lookup(name: str, code: str) -> Any:
+    """Mapped value for ``code`` in table ``name`` (exact, then upper-case), else None."""
+    t = table(name)
+    hit = t.get(code)
+    if hit is None and code:
+        hit = t.get(code.upper())
+    return hit
+
+
+def coding_system(name: str) -> str | None:
+    """FHIR system URI for a v2 coding-system name (table 0396, CWE-3), None when local/unknown."""
+    if not name:
+        return None
+    hit = table("0396").get(name) or table("0396").get(name.upper())
+    if hit:
+        return str(hit)
+    upper = name.upper()
+    # HL7nnnn / HL7-nnnn name a v2 table; its THO code system is v2-nnnn.
+    if upper.startswith("HL7"):
+        digits = upper[3:].lstrip("-_")
+        if digits.isdigit():
+            return f"{V2}{digits.zfill(4)}"
+    return None
