@@ -52,11 +52,14 @@ def to_event(
     resources = [entry["resource"] for entry in bundle.get("entry", ())]
     return {
         "event_id": headers.get(H.EVENT_ID) or event_id_for(source, raw),
-        "event_type": summary.event_type,
+        "event_type": summary["event_type"],
         "source": source,
-        "source_message_id": summary.message_id,
-        "patient": {"euid": None, "identifiers": list(summary.patient_identifiers)},
-        "occurred_at": summary.occurred_at,
+        "source_message_id": summary.get("control_id") or None,
+        "patient": {"euid": None, "identifiers": [
+            {"system": i.get("system"), "value": i["value"], "type": i.get("type")}
+            for i in summary.get("patient_identifiers", ()) if i.get("value")
+        ]},
+        "occurred_at": summary.get("occurred_at"),
         "received_at": headers.get(H.RECEIVED_AT) or utc_now_iso(),
         "resources": resources,
         "destination": None,
