@@ -272,7 +272,7 @@ def test_listener_tls_secrets_are_mounted_where_the_topology_points() -> None:
         volume = next(v for v in spec["volumes"] if v["name"] == "listener-tls")
         assert volume["secret"]["secretName"] == f"{source}-listener-tls"
         assert mount["readOnly"] is True
-        for key in ("tls_cert_file", "tls_key_file"):
+        for key in ("tls_cert", "tls_key"):
             assert by_name[source]["options"][key].startswith(mount["mountPath"] + "/")
 
 
@@ -437,3 +437,36 @@ def test_inline_credentials_go_to_a_secret_not_env() -> None:
 def test_invalid_values_fail_with_the_key(values: Obj, message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=message):
         render(values)
+
+
+# --- agreement with the processes the chart runs ---------------------------------------------
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_worker_app_id_matches_the_acls(profile: str) -> None:
+    from topology.acl import DEFAULT_APP_ID
+
+    args = one(rendered(profile), "StatefulSet", "rel-clinstream-worker")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert args[args.index("--app-id") + 1] == DEFAULT_APP_ID
+    assert args[args.index("--data-dir") + 1].startswith("/var/lib/clinstream/")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_mllp_source_options_are_valid_listener_options(profile: str) -> None:
+    from connectors.sources.mllp.listener import MllpOptions
+
+    for src in topology_values(profile)["sources"]:
+        if src["kind"] == "mllp":
+            opts = MllpOptions.model_validate(src.get("options", {}))
+            assert opts.host == "0.0.0.0"
+
+
+def test_cli_parses_the_rendered_commands() -> None:
+    from clinstream.cli import build_parser
+
+    parser = build_parser()
+    for _, spec in pod_specs(rendered("production")):
+        args = parser.parse_args(spec["containers"][0]["args"])
+        assert args.topology == "/etc/clinstream/topology.yaml"
