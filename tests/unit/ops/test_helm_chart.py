@@ -425,7 +425,6 @@ def test_inline_credentials_go_to_a_secret_not_env() -> None:
 
 @pytest.mark.parametrize(("values", "message"), [
     ({"kafka": {"securityProtocol": "SASL_SSL"}}, "KAFKA_SASL_MECHANISM"),
-    ({"kafka": {"securityProtocol": "TLS"}}, "KAFKA_SECURITY_PROTOCOL"),
     ({"kafka": {"securityProtocol": "SASL_SSL", "sasl": {"mechanism": "SCRAM-SHA-256"}}}, "kafka.sasl.username"),
     ({"kafka": {"sasl": {"mechanism": "PLAIN", "username": "u", "password": "p"}}}, "not SASL_PLAINTEXT"),
     ({"kafka": {"securityProtocol": "SASL_SSL", "sasl": {"mechanism": "OAUTHBEARER"}}}, "tokenEndpointUrl"),
@@ -470,3 +469,22 @@ def test_cli_parses_the_rendered_commands() -> None:
     for _, spec in pod_specs(rendered("production")):
         args = parser.parse_args(spec["containers"][0]["args"])
         assert args.topology == "/etc/clinstream/topology.yaml"
+
+
+@pytest.mark.parametrize(("values", "where"), [
+    ({"worker": {"replicas": "three"}}, "/worker/replicas"),
+    ({"kafka": {"securityProtocol": "TLS"}}, "/kafka/securityProtocol"),
+    ({"kafka": {"sasl": {"mechanism": "GSSAPI"}}}, "/kafka/sasl/mechanism"),
+    ({"sources": {"overrides": {"adt-feed": {"service": {"type": "Ingress"}}}}}, "/sources/overrides/adt-feed"),
+    ({"topology": {"name": "t", "sources": [{"name": "Bad Name", "kind": "mllp"}]}}, "/topology/sources/0/name"),
+    ({"topology": {"name": "t", "sources": [{"name": "x", "kind": "ftp"}]}}, "/topology/sources/0/kind"),
+])
+def test_values_schema_rejects_wrong_types(values: Obj, where: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        render(values)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_values_schema_accepts_the_shipped_values(profile: str) -> None:
+    values = None if profile == "default" else copy.deepcopy(PRODUCTION)
+    _chart().validate_schema(_chart().merge_values(values))
