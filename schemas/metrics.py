@@ -14,7 +14,7 @@ children for the fixed labels and small caches for the open ones.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -282,6 +282,22 @@ class SinkMetrics:
         if received_at is not None:
             now = time.time() if delivered_at is None else delivered_at
             self._latency.observe(max(0.0, now - _epoch(received_at)))
+
+    def delivered_batch(
+        self, received_ats: Iterable[datetime | float | None], delivered_at: float | None = None
+    ) -> None:
+        """A committed batch: one count per record, one latency observation per known received_at."""
+        now = time.time() if delivered_at is None else delivered_at
+        n = 0
+        for received_at in received_ats:
+            n += 1
+            if received_at is not None:
+                self._latency.observe(max(0.0, now - _epoch(received_at)))
+        if n:
+            self.record("delivered", n)
+
+    def dlq(self, n: int = 1) -> None:
+        self.record("dlq", n)
 
     def retry(self) -> None:
         self._retries.inc()

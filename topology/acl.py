@@ -40,7 +40,8 @@ ResourceType = Literal["topic", "group", "cluster", "transactional-id"]
 PatternType = Literal["literal", "prefixed"]
 
 WORKER = "clinstream-worker"
-DEFAULT_APP_ID = "clinstream"
+# `clinstream run worker --app-id` default: Faust group id and internal-topic prefix.
+DEFAULT_APP_ID = "clinstream-worker"
 
 
 def sink_principal(destination: str) -> str:
@@ -142,7 +143,9 @@ def add_topology_acl_parser(topology_subparsers: argparse._SubParsersAction) -> 
     )
     parser.add_argument("--topology", required=True, help="topology YAML file")
     parser.add_argument("--principal-prefix", default="User:", help="principal type prefix (default: User:)")
-    parser.add_argument("--app-id", default=DEFAULT_APP_ID, help="Faust app id of the worker (default: clinstream)")
+    parser.add_argument(
+        "--app-id", default=DEFAULT_APP_ID, help=f"Faust app id of the worker (default: {DEFAULT_APP_ID})"
+    )
     parser.add_argument(
         "--format", choices=("commands", "table"), default="commands", help="kafka-acls.sh lines or a table"
     )

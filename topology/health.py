@@ -117,8 +117,9 @@ class HealthServer:
         handler = type("_BoundHandler", (_Handler,), {"owner": self})
         self._server = ThreadingHTTPServer((self._host, self._requested_port), handler)
         self._server.daemon_threads = True
+        # A short poll keeps stop() (and so process shutdown) quick.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="clinstream-health", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="clinstream-health", daemon=True
         )
         self._thread.start()
         log.info("ops endpoint on %s:%d (/healthz /readyz /metrics)", self._host, self.port)

@@ -8,10 +8,13 @@ the stream agents) so TLS and SASL settings pass through identically.
 from __future__ import annotations
 
 import ssl
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from topology.oauth import ClientCredentialsTokenProvider
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
@@ -32,6 +35,7 @@ class KafkaSettings(BaseSettings):
     sasl_oauthbearer_token_endpoint_url: str | None = None
     sasl_oauthbearer_client_id: str | None = None
     sasl_oauthbearer_client_secret: str | None = None
+    sasl_oauthbearer_scope: str | None = None
     ssl_ca_location: str | None = None
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
@@ -42,14 +46,46 @@ class KafkaSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
-        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and self.sasl_mechanism is None:
             raise ValueError("KAFKA_SASL_MECHANISM is required when KAFKA_SECURITY_PROTOCOL uses SASL")
+        if self.sasl_mechanism is not None and not sasl:
+            # Credentials configured but never sent: fail instead of connecting unauthenticated.
+            raise ValueError(
+                f"KAFKA_SASL_MECHANISM={self.sasl_mechanism} needs KAFKA_SECURITY_PROTOCOL=SASL_SSL or "
+                f"SASL_PLAINTEXT, got {self.security_protocol}"
+            )
         if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
             self.sasl_username and self.sasl_password
         ):
             raise ValueError(
                 f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required for {self.sasl_mechanism}"
             )
+        if self.sasl_mechanism == "OAUTHBEARER":
+            missing = [
+                f"KAFKA_{name.upper()}"
+                for name in (
+                    "sasl_oauthbearer_token_endpoint_url",
+                    "sasl_oauthbearer_client_id",
+                    "sasl_oauthbearer_client_secret",
+                )
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"{', '.join(missing)} required for OAUTHBEARER (client-credentials flow)")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> KafkaSettings:
+        tls = self.security_protocol.endswith("SSL")
+        for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location", "ssl_key_password"):
+            if getattr(self, name) and not tls:
+                # A CA or client cert with PLAINTEXT means someone believes traffic is encrypted.
+                raise ValueError(
+                    f"KAFKA_{name.upper()} is set but KAFKA_SECURITY_PROTOCOL={self.security_protocol} does not use TLS"
+                )
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            raise ValueError("KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together (mTLS)")
         return self
 
     def with_bootstrap(self, bootstrap: str) -> KafkaSettings:
@@ -75,6 +111,8 @@ class KafkaSettings(BaseSettings):
                     conf["sasl.oauthbearer.token.endpoint.url"] = self.sasl_oauthbearer_token_endpoint_url
                     conf["sasl.oauthbearer.client.id"] = self.sasl_oauthbearer_client_id or ""
                     conf["sasl.oauthbearer.client.secret"] = self.sasl_oauthbearer_client_secret or ""
+                    if self.sasl_oauthbearer_scope:
+                        conf["sasl.oauthbearer.scope"] = self.sasl_oauthbearer_scope
             else:
                 conf["sasl.username"] = self.sasl_username
                 conf["sasl.password"] = self.sasl_password
@@ -102,6 +140,20 @@ class KafkaSettings(BaseSettings):
             )
         return ctx
 
+    def oauth_token_provider(self) -> ClientCredentialsTokenProvider:
+        """aiokafka token provider for OAUTHBEARER (librdkafka fetches its own tokens)."""
+        if self.sasl_mechanism != "OAUTHBEARER":
+            raise ValueError(f"KAFKA_SASL_MECHANISM is {self.sasl_mechanism}, not OAUTHBEARER")
+        from topology.oauth import ClientCredentialsTokenProvider
+
+        assert self.sasl_oauthbearer_token_endpoint_url and self.sasl_oauthbearer_client_id  # validated above
+        return ClientCredentialsTokenProvider(
+            self.sasl_oauthbearer_token_endpoint_url,
+            self.sasl_oauthbearer_client_id,
+            self.sasl_oauthbearer_client_secret or "",
+            scope=self.sasl_oauthbearer_scope,
+        )
+
     def faust_broker_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``faust.App`` (aiokafka underneath)."""
         import faust
@@ -120,9 +172,8 @@ class KafkaSettings(BaseSettings):
                 ssl_context=ctx,
             )
         elif self.sasl_mechanism == "OAUTHBEARER":
-            raise ValueError(
-                "OAUTHBEARER for the Faust workers needs a token provider; "
-                "configure KAFKA_SASL_MECHANISM=SCRAM-SHA-512 or PLAIN for workers"
+            kwargs["broker_credentials"] = faust.OAuthCredentials(
+                oauth_cb=self.oauth_token_provider(), ssl_context=ctx
             )
         elif ctx is not None:
             kwargs["broker_credentials"] = faust.SSLCredentials(ctx)

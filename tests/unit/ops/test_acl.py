@@ -69,8 +69,8 @@ def test_worker_reads_inputs_and_writes_outputs() -> None:
     assert not any(t.startswith("dest.") for t in reads)
     assert {"dest.billing", "dest.research", "tasks.review", "audit.disclosures", "dlq.route"} <= writes
     assert not any(t.startswith("raw.") for t in writes)
-    assert ("All", "topic", "clinstream-", "prefixed") in g
-    assert ("Read", "group", "clinstream", "literal") in g
+    assert ("All", "topic", "clinstream-worker-", "prefixed") in g
+    assert ("Read", "group", "clinstream-worker", "literal") in g
 
 
 def test_every_derived_topic_is_covered() -> None:
@@ -86,7 +86,7 @@ def test_commands_are_kafka_acls_lines() -> None:
         "kafka-acls.sh --bootstrap-server $KAFKA_BOOTSTRAP_SERVERS --command-config $KAFKA_ADMIN_CONFIG "
         "--add --allow-principal User:team-billing --operation Read --operation Describe --topic dest.billing"
     ) in lines
-    assert any(line.endswith("--topic clinstream- --resource-pattern-type prefixed") for line in lines)
+    assert any(line.endswith("--topic clinstream-worker- --resource-pattern-type prefixed") for line in lines)
     assert any(line.endswith("--operation IdempotentWrite --cluster") for line in lines)
 
 
@@ -123,3 +123,14 @@ def test_cli_bad_topology_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     bad.write_text("name: x\nsources: [{name: BAD, kind: mllp}]\n")
     assert acl_command(parse(["topology", "acl", "--topology", str(bad)])) == 2
     assert "sources[0]" in capsys.readouterr().err
+
+
+def test_app_id_sets_faust_internal_prefix_and_group() -> None:
+    g = {
+        (op, e.resource_type, e.resource_name, e.pattern)
+        for e in acl_entries(parse_topology(TOPOLOGY), app_id="hospital-a")
+        if e.principal == "User:clinstream-worker"
+        for op in e.operations
+    }
+    assert ("All", "topic", "hospital-a-", "prefixed") in g
+    assert ("Read", "group", "hospital-a", "literal") in g

@@ -184,3 +184,14 @@ class TestLagFromWatermarks:
     def test_set_consumer_lag_updates_gauge(self) -> None:
         m.set_consumer_lag("grp-test", m.lag_from_watermarks({("dest.x", 0): 2}, {("dest.x", 0): 9}))
         assert sample("clinstream_consumer_lag_records", group="grp-test", topic="dest.x", partition="0") == 7
+
+
+def test_sink_batch_delivery() -> None:
+    sk = m.sink("batch-test")
+    sk.delivered_batch([100.0, None, datetime.fromtimestamp(99.0, UTC)], delivered_at=101.0)
+    sk.delivered_batch([])
+    sk.dlq(2)
+    assert sample("clinstream_sink_records_total", destination="batch-test", outcome="delivered") == 3
+    assert sample("clinstream_sink_records_total", destination="batch-test", outcome="dlq") == 2
+    assert sample("clinstream_end_to_end_latency_seconds_count", destination="batch-test") == 2
+    assert sample("clinstream_end_to_end_latency_seconds_sum", destination="batch-test") == pytest.approx(3.0)
