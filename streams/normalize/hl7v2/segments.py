@@ -56,9 +56,7 @@ class Mapper:
         self.appointment: str | None = None
         self.account: str | None = None
         self.provenance: str | None = None
-        self.handlers: dict[str, Callable[[Segment], None]] = {
-            name[4:]: getattr(self, name) for name in dir(self) if name.startswith("seg_")
-        }
+        self.handlers = _HANDLERS
 
     # -- primitive helpers with error location ------------------------------
     def _wrap(self, seg: Segment, n: int, fn: Callable[[str], Any], value: str) -> Any:
@@ -108,7 +106,7 @@ class Mapper:
     def run(self, seg: Segment) -> None:
         handler = self.handlers.get(seg.id)
         if handler is not None:
-            handler(seg)
+            handler(self, seg)
 
     # -- patient administration ---------------------------------------------
     def seg_PID(self, seg: Segment) -> None:
@@ -1180,6 +1178,12 @@ class Mapper:
 
     def finish(self) -> None:
         self._close_order()
+
+
+# Segment id → unbound mapper method, built once.
+_HANDLERS: dict[str, Callable[[Mapper, Segment], None]] = {
+    name[4:]: getattr(Mapper, name) for name in dir(Mapper) if name.startswith("seg_")
+}
 
 
 def _patient_key(identifiers: list[dict[str, Any]], seg: Segment) -> str:
