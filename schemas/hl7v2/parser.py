@@ -462,8 +462,9 @@ def _strip_envelope(text: str) -> str:
     # artefacts, not content.
     if text[:1] in ("\ufeff", "\x0b", "\r", "\n", " ", "\t"):
         text = text.lstrip("\ufeff\x0b\r\n \t")
-    if text[-1:] in ("\x1c", "\r", "\n", " ", "\t"):
-        text = text.rstrip("\x1c\r\n \t")
+    if text[-1:] in ("\x1c", "\r", "\n"):
+        # Only line ends and MLLP end-of-block: a trailing space is field data.
+        text = text.rstrip("\x1c\r\n")
     return text
 
 

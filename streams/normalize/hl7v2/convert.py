@@ -54,7 +54,16 @@ def convert_message(
     ctx = Ctx(msg, source, default_tz)
     mapper = Mapper(ctx)
     for seg in msg.segments():
-        mapper.run(seg)
+        try:
+            mapper.run(seg)
+        except Hl7ParseError:
+            raise
+        except dt.DataTypeError as exc:
+            # Values read through composite mappers (XAD/XPN dates...) carry no field number.
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id) from None
+        except Exception as exc:
+            raise Hl7ParseError(f"cannot map segment ({type(exc).__name__}: {exc})", segment_index=seg.index,
+                                segment_id=seg.id, hl7_error_code=207) from exc
     mapper.finish()
     header = _message_header(ctx, msg.msh, mapper)
     provenance = ctx.get(mapper.provenance)

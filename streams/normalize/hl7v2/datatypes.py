@@ -62,6 +62,8 @@ def _split_ts(value: str) -> tuple[str, ...] | None:
         raise DataTypeError(f"invalid timestamp {value!r}: day {day}")
     if hour and (int(hour) > 23 or (minute and int(minute) > 59) or (second and int(second) > 59)):
         raise DataTypeError(f"invalid timestamp {value!r}: time out of range")
+    if frac and not second:
+        raise DataTypeError(f"invalid timestamp {value!r}: fraction without seconds")
     if tz and (int(tz[1:3]) > 14 or int(tz[3:5]) > 59):
         raise DataTypeError(f"invalid timestamp {value!r}: offset {tz}")
     if frac and not frac.startswith("."):
@@ -109,6 +111,16 @@ def instant(value: str, default_tz: str = "Z") -> str | None:
     if parts is None or not parts[5]:
         return None
     return datetime_(value, default_tz)
+
+
+def instant_padded(value: str, default_tz: str = "Z") -> str | None:
+    """DTM → FHIR instant, padding missing month/day/time with their first value."""
+    parts = _split_ts(value)
+    if parts is None:
+        return None
+    year, month, day, hour, minute, second, frac, tz = parts
+    return (f"{year}-{month or '01'}-{day or '01'}T{hour or '00'}:{minute or '00'}:{second or '00'}{frac}"
+            f"{_fhir_tz(tz, default_tz)}")
 
 
 def number(value: str) -> int | float | None:
@@ -215,13 +227,14 @@ def human_name(rep: Rep, *, xcn: bool = False) -> dict[str, Any] | None:
     """XPN (or the name part of XCN, shifted by one component) → HumanName."""
     o = 1 if xcn else 0
     family = rep.part(1 + o).get(1)
-    given = [g for g in (rep.get(2 + o), rep.get(3 + o)) if g]
+    # XPN.15 "called by" is a given name too (as the reference converter and IG XPN map treat it).
+    given = [g for g in (rep.get(2 + o), rep.get(3 + o), "" if xcn else rep.get(15)) if g]
     name: dict[str, Any] = {}
     if family:
         name["family"] = family
     if given:
         name["given"] = given
-    suffix = [s for s in (rep.get(4 + o), rep.get(6 + o)) if s]
+    suffix = [s for s in (rep.get(4 + o), rep.get(6 + o), "" if xcn else rep.get(14)) if s]
     if suffix:
         name["suffix"] = suffix
     prefix = rep.get(5 + o)
@@ -247,8 +260,9 @@ def address(rep: Rep) -> dict[str, Any] | None:
     if not rep.raw:
         return None
     sad = rep.part(1)
-    street = sad.get(1) or " ".join(p for p in (sad.get(3), sad.get(2)) if p)
-    lines = [line for line in (street, rep.get(2)) if line]
+    # SAD.1 street, SAD.2 street name, SAD.3 dwelling number, XAD.2 other designation,
+    # XAD.19 addressee-style extra line: each a line, in that order.
+    lines = [line for line in (sad.get(1), sad.get(2), sad.get(3), rep.get(2), rep.get(19)) if line]
     out: dict[str, Any] = {}
     if lines:
         out["line"] = lines

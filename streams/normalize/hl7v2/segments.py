@@ -20,7 +20,7 @@ from streams.normalize.hl7v2.tables import V2, V3_ACT_CODE, V3_MARITAL, V3_ROLE_
 
 # Resource types that carry an ``note`` (Annotation) element NTE can land in.
 _NOTE_TARGETS = frozenset(
-    {"Observation", "ServiceRequest", "DiagnosticReport", "Immunization", "Procedure", "Condition",
+    {"Observation", "ServiceRequest", "Immunization", "Procedure", "Condition",
      "AllergyIntolerance", "MedicationRequest", "MedicationDispense", "Specimen"}
 )
 _CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
@@ -56,9 +56,7 @@ class Mapper:
         self.appointment: str | None = None
         self.account: str | None = None
         self.provenance: str | None = None
-        self.handlers: dict[str, Callable[[Segment], None]] = {
-            name[4:]: getattr(self, name) for name in dir(self) if name.startswith("seg_")
-        }
+        self.handlers = _HANDLERS
 
     # -- primitive helpers with error location ------------------------------
     def _wrap(self, seg: Segment, n: int, fn: Callable[[str], Any], value: str) -> Any:
@@ -108,7 +106,7 @@ class Mapper:
     def run(self, seg: Segment) -> None:
         handler = self.handlers.get(seg.id)
         if handler is not None:
-            handler(seg)
+            handler(self, seg)
 
     # -- patient administration ---------------------------------------------
     def seg_PID(self, seg: Segment) -> None:
@@ -178,6 +176,12 @@ class Mapper:
         ref = ctx.add(_drop_empty(patient), key, scoped=key.startswith("msg|"))
         ctx.patient = ref
         self.last = ref
+        mothers = [i for i in (dt.identifier(r) for r in seg.repetitions(21)) if i]
+        if mothers:
+            mother_rp = {"resourceType": "RelatedPerson", "patient": {"reference": ref}, "identifier": mothers,
+                         "relationship": [{"coding": [{"system": V3_ROLE_CODE, "code": "MTH",
+                                                       "display": "mother"}]}]}
+            ctx.add(mother_rp, f"mother|{ref}|{seg.field(21)}")
         account = seg.rep(18)
         if account.get(1):
             acc = {"resourceType": "Account", "status": "active", "identifier": [dt.identifier(account)],
@@ -357,7 +361,13 @@ class Mapper:
     def seg_EVN(self, seg: Segment) -> None:
         ctx = self.ctx
         prov: dict[str, Any] = {"resourceType": "Provenance"}
-        prov["recorded"] = self.inst(seg, 2) or self.inst(ctx.msg.msh, 7) or None
+        # Provenance.recorded is a mandatory instant: pad a less precise EVN-2/MSH-7.
+        recorded = self._wrap(seg, 2, lambda v: dt.instant_padded(v, ctx.default_tz), seg.get(2))
+        if recorded is None:
+            recorded = self._wrap(ctx.msg.msh, 7, lambda v: dt.instant_padded(v, ctx.default_tz), ctx.msg.msh.get(7))
+        if recorded is None:
+            return
+        prov["recorded"] = recorded
         prov["occurredDateTime"] = self.ts(seg, 6)
         event = seg.get(1) or ctx.trigger
         if event:
@@ -771,6 +781,8 @@ class Mapper:
         if not text:
             return
         target = self.ctx.get(self.last)
+        if target is not None and target["resourceType"] == "DiagnosticReport":
+            target = self.ctx.get(self.order)  # R4 DiagnosticReport has no note; IG puts OBR notes on the order
         if target is None:
             return
         rtype = target["resourceType"]
@@ -1135,8 +1147,43 @@ class Mapper:
             charge["account"] = [{"reference": self.account}]
         self.last = ctx.add(_drop_empty(charge), f"FT1|{seg.index}")
 
+    def seg_PDA(self, seg: Segment) -> None:
+        """Patient death and autopsy (IG PDA map): cause → Condition, certification → Procedure."""
+        ctx = self.ctx
+        if not ctx.patient:
+            return
+        for rep in seg.repetitions(1):
+            cause = dt.codeable(rep)
+            if cause:
+                ctx.add({"resourceType": "Condition", "subject": {"reference": ctx.patient}, "code": cause},
+                        f"PDA|{seg.index}|{rep.raw}")
+        certified_at, certifiers = self.ts(seg, 4), self.practitioners(seg, 5)
+        if certified_at or certifiers:
+            proc = {"resourceType": "Procedure", "status": "completed", "subject": {"reference": ctx.patient},
+                    "code": {"text": "Death certification"}, "performedDateTime": certified_at,
+                    "performer": [{"actor": {"reference": r}, "function": {"text": "Death Certified By"}}
+                                  for r in certifiers]}
+            ctx.add(_drop_empty(proc), f"PDA|{seg.index}|certification")
+        if seg.get(6).upper() == "Y":
+            start, end = self.ts(seg, 7, 0, 1), self.ts(seg, 7, 0, 2)
+            proc = {"resourceType": "Procedure", "status": "completed", "subject": {"reference": ctx.patient},
+                    "code": {"text": "Autopsy"}, "performedPeriod": dt.period(start, end),
+                    "performer": [{"actor": {"reference": r}, "function": {"text": "Autopsy Performed By"}}
+                                  for r in self.practitioners(seg, 8)]}
+            ctx.add(_drop_empty(proc), f"PDA|{seg.index}|autopsy")
+        patient = ctx.get(ctx.patient)
+        if patient is not None and "deceasedDateTime" not in patient and seg.get(3).upper() == "Y":
+            patient.pop("deceasedBoolean", None)
+            patient["deceasedBoolean"] = True
+
     def finish(self) -> None:
         self._close_order()
+
+
+# Segment id → unbound mapper method, built once.
+_HANDLERS: dict[str, Callable[[Mapper, Segment], None]] = {
+    name[4:]: getattr(Mapper, name) for name in dir(Mapper) if name.startswith("seg_")
+}
 
 
 def _patient_key(identifiers: list[dict[str, Any]], seg: Segment) -> str:
