@@ -68,20 +68,18 @@ def decide(event: dict[str, Any], seen: MutableMapping[str, str], now_s: float, 
         return stored_hash if now_s - float(ts or 0) <= window_s else None
 
     stamp = f"{digest}|{now_s:.3f}"
-    if ckey is not None:
-        prior = fresh(ckey)
-        if prior == digest:
-            return DedupeDecision("drop", "duplicate-control-id", digest)
-        if prior is not None:
-            # same control id, different content: forward, flag, remember the newest content
-            seen[ckey] = stamp
-            seen[hkey] = stamp
-            return DedupeDecision("forward", "control-id-reused", digest)
+    prior = fresh(ckey) if ckey is not None else None
+    if prior == digest:
+        return DedupeDecision("drop", "duplicate-control-id", digest)
     if fresh(hkey) is not None:
+        # the same clinical content was seen (under another control id, or re-used ids in between)
         if ckey is not None:
             seen[ckey] = stamp
         return DedupeDecision("drop", "duplicate-content", digest)
     if ckey is not None:
         seen[ckey] = stamp
     seen[hkey] = stamp
+    if prior is not None:
+        # same control id, different content: a sender bug - forward both, flag the second
+        return DedupeDecision("forward", "control-id-reused", digest)
     return DedupeDecision("forward", "new", digest)

@@ -52,3 +52,11 @@ def test_different_sources_same_control_id_are_independent_keys_but_same_content
 def test_content_hash_ignores_volatile_parts_only():
     assert content_hash(event("1")) == content_hash(event("9", header_id="zz"))
     assert content_hash(event("1")) != content_hash(event("1", family="OTHER"))
+
+
+def test_resend_after_control_id_reuse_is_still_a_duplicate():
+    # senders that reuse one control id for every message (seen in the sample corpus)
+    seen: dict[str, str] = {}
+    assert decide(event("1", family="A"), seen, 100.0, 60).reason == "new"
+    assert decide(event("1", family="B"), seen, 100.0, 60).reason == "control-id-reused"
+    assert decide(event("1", family="A"), seen, 100.0, 60).action == "drop"
