@@ -13,11 +13,17 @@ Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 
 
 def register(sub: Sub) -> None:
+    from streams.normalize.hl7v2.cli import add_convert_parser
+
     _broker(sub)
     _topology(sub)
     _run(sub)
     _bench(sub)
     _demo(sub)
+    add_convert_parser(sub)
+    _mpi(sub)
+    _audit(sub)
+    _preview(sub)
 
 
 def _topology_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -66,6 +72,9 @@ def _topology(sub: Sub) -> None:
         tp = tsub.add_parser(name, help=helptext)
         _topology_arg(tp)
         tp.set_defaults(func=topology_command, apply=name == "apply")
+    from topology.acl import add_topology_acl_parser
+
+    add_topology_acl_parser(tsub)
     v = tsub.add_parser("validate", help="validate the topology file only")
     _topology_arg(v)
     v.set_defaults(func=lambda a: (load(a.topology), print(f"{a.topology}: ok"))[0] or 0)
@@ -157,10 +166,68 @@ def run_sink_command(args: argparse.Namespace) -> int:
 
 def _bench(sub: Sub) -> None:
     from connectors.sources.mllp.bench import add_bench_mllp_parser
+    from streams.identity.bench import add_bench_mpi_parser
+    from streams.normalize.hl7v2.bench import add_bench_convert_parser
+    from streams.route.bench import add_bench_route_parser
 
     p = sub.add_parser("bench", help="benchmarks (not tests)")
     bsub = p.add_subparsers(dest="bench_command", required=True)
     add_bench_mllp_parser(bsub)
+    add_bench_convert_parser(bsub)
+    add_bench_route_parser(bsub)
+    add_bench_mpi_parser(bsub)
+
+
+# --- mpi / audit / preview ----------------------------------------------------
+
+def _mpi(sub: Sub) -> None:
+    from streams.identity.cli import add_mpi_parsers
+    from streams.identity.review import add_review_parser
+
+    mpi = add_mpi_parsers(sub)
+    mpi_sub = next(a for a in mpi._actions if isinstance(a, argparse._SubParsersAction))
+    add_review_parser(mpi_sub)
+
+
+def _audit(sub: Sub) -> None:
+    from streams.route.audit import add_audit_parser
+
+    p = add_audit_parser(sub)
+    p.set_defaults(func=audit_command)
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    import orjson
+
+    from streams.route.audit import audit_disclosures_command
+    from streams.topic_reader import TopicNotFound, read_topic
+    from topology.model import AUDIT
+
+    settings = _require_cluster()
+
+    def records() -> Any:
+        try:
+            for msg in read_topic(settings, AUDIT):
+                if msg.value():
+                    yield orjson.loads(msg.value())
+        except TopicNotFound:
+            return
+
+    return audit_disclosures_command(args, records)
+
+
+def _preview(sub: Sub) -> None:
+    from streams.route.preview import add_preview_parser
+
+    p = add_preview_parser(sub)
+    p.set_defaults(func=preview_command)
+
+
+def preview_command(args: argparse.Namespace) -> int:
+    from streams.normalize.stage import to_event
+    from streams.route.preview import preview_command as run_preview
+
+    return run_preview(args, lambda raw, source: to_event(raw, source=source))
 
 
 # --- demo -------------------------------------------------------------------

@@ -34,6 +34,7 @@ from schemas.envelope import decode_event, encode_event, utc_now_iso
 from streams.identity.engine import AUTO_LINK, REVIEW, KeyValueStore, MatchEngine, MemoryStore, Resolution
 from streams.identity.model import default_model
 from streams.identity.record import Identifier, from_fhir_patient
+from streams.identity.review import DECISION
 from streams.stage import InRecord, Outcome, Output
 from topology.model import DEDUPED, IDENTIFIED, MPI_LINKS, MPI_PATIENTS, MPI_REVIEW
 
@@ -64,7 +65,7 @@ def _replaced_identifiers(patient: dict[str, Any], resources: list[dict[str, Any
 @dataclass
 class IdentityStage:
     engine: MatchEngine
-    input_topics: Sequence[str] = (DEDUPED,)
+    input_topics: Sequence[str] = (DEDUPED, MPI_REVIEW)
     output_topic: str = IDENTIFIED
     name: str = "identity"
     bands: Counter[str] = field(default_factory=Counter)
@@ -88,6 +89,8 @@ class IdentityStage:
         return euid
 
     def process(self, record: InRecord) -> Outcome:
+        if record.topic == MPI_REVIEW:
+            return self._apply_decision(record)
         event = decode_event(record.value)
         patients = [r for r in event["resources"] if r.get("resourceType") == "Patient"]
         event["lineage"]["stages"] = [*event["lineage"]["stages"], "identity"]
@@ -110,6 +113,7 @@ class IdentityStage:
         outputs.append(Output(MPI_LINKS, orjson.dumps(link), key))
         if resolution.band == REVIEW and resolution.best_candidate is not None:
             outputs.append(Output(MPI_REVIEW, orjson.dumps({
+                "type": "review-request",
                 "review_id": f"{event['event_id']}:{resolution.best_candidate.euid}",
                 "euid": euid,
                 "candidate_euid": self.canonical(resolution.best_candidate.euid),
@@ -131,6 +135,20 @@ class IdentityStage:
         event["patient"]["euid"] = euid
         outputs.insert(0, Output(self.output_topic, encode_event(event), key, hdrs))
         return Outcome.forward(*outputs)
+
+    def _apply_decision(self, record: InRecord) -> Outcome:
+        """An accepted review merges the newer EUID into the candidate; everything else is ignored."""
+        link = orjson.loads(record.value)
+        if link.get("type") != DECISION or link.get("decision") != "accept":
+            return Outcome.drop("review-request")
+        survivor = self.canonical(link["candidate_euid"])
+        merged = self.canonical(link["euid"])
+        if survivor == merged:
+            return Outcome.drop("already-merged")
+        self.store.put("m:" + merged, survivor)
+        merge = {"type": "merge", "from_euid": merged, "to_euid": survivor, "review_id": link.get("review_id"),
+                 "at": utc_now_iso()}
+        return Outcome.forward(Output(MPI_LINKS, orjson.dumps(merge), survivor.encode()))
 
     @staticmethod
     def _link_event(kind: str, euid: str, ref: str, res: Resolution, event_id: str, at: str) -> dict[str, Any]:
