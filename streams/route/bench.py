@@ -179,8 +179,8 @@ def _envelope(event_id: str, etype: str, euid: str, resources: list[dict[str, An
     }
 
 
-def load_events(samples: Path | None) -> list[dict[str, Any]]:
-    """Events built from the sample Bundles (Patient/Encounter/Observation-bearing ones) or the built-ins."""
+def load_events(samples: Path | None) -> tuple[list[dict[str, Any]], str]:
+    """Events built from the sample Bundles (Patient/Encounter/Observation-bearing ones), else the built-ins."""
     events: list[dict[str, Any]] = []
     if samples is not None and samples.is_dir():
         for path in sorted(samples.rglob("*.json")):
@@ -195,7 +195,9 @@ def load_events(samples: Path | None) -> list[dict[str, Any]]:
             if any(r.get("resourceType") in ("Patient", "Encounter", "Observation") for r in ev["resources"]):
                 ev["patient"]["euid"] = ev["patient"]["euid"] or ev["event_id"]
                 events.append(ev)
-    return events or _builtin_events()
+    if events:
+        return events, f"samples:{samples}"
+    return _builtin_events(), "builtin"
 
 
 def _consents(events: list[dict[str, Any]]) -> dict[str, ConsentState]:
@@ -219,7 +221,7 @@ def _consents(events: list[dict[str, Any]]) -> dict[str, ConsentState]:
 
 def run_bench(seconds: float = 2.0, samples: Path | None = DEFAULT_SAMPLES) -> dict[str, Any]:
     plans: list[DestinationPlan] = [compile_destination(d, keys=_BENCH_KEYS) for d in bench_destinations()]
-    events = load_events(samples)
+    events, source = load_events(samples)
     consents = _consents(events)
     work = [(e, consents.get(e["patient"]["euid"])) for e in events]
     recorded = "2024-03-05T10:15:02Z"
@@ -247,7 +249,7 @@ def run_bench(seconds: float = 2.0, samples: Path | None = DEFAULT_SAMPLES) -> d
         "destination_events_per_s": round(routed * len(plans) / elapsed),
         "delivered_per_event": round(delivered / routed, 3),
         "distinct_events": len(work),
-        "source": "samples" if samples is not None and samples.is_dir() else "builtin",
+        "source": source,
     }
 
 

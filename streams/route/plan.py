@@ -104,7 +104,7 @@ class DestinationPlan:
         if not self._matches(event.get("event_type") or ""):
             return _DENIED_EVENT_TYPE
         tries = self._tries
-        resources = [r for r in event.get("resources") or () if r.get("resourceType") in tries]
+        resources = [r for r in event.get("resources") or () if type(r) is dict and r.get("resourceType") in tries]
         if not resources:
             return _DENIED_NOTHING
         denied_types: frozenset[str] = frozenset()

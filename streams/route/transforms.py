@@ -433,8 +433,15 @@ class Transformer:
     def _obj(self, d: dict[str, Any], path: str, ctx: _Ctx, depth: int = 0) -> dict[str, Any]:
         out: dict[str, Any] = {}
         scoped = self.scoped
+        sh = self.sh
+        actions = self._actions
         depth += 1
         for k, v in d.items():
+            # inline fast path for the commonest leaf: a plain string under a key with no special rule
+            if type(v) is str and actions.get(k) == _A_GENERIC and not (v[:1].isdigit() and _DATE_RE.match(v)):
+                if not sh or k in _SH_STRING_KEYS:
+                    out[k] = v
+                continue
             r = self._val(k, v, f"{path}.{k}" if scoped else path, d, ctx, depth)
             if r is not _DROP:
                 out[k] = r

@@ -14,11 +14,8 @@ from streams.route.bench import add_bench_route_parser, run_bench
 def test_bench_runs_and_reports(tmp_path: Path) -> None:
     result = run_bench(0.05, tmp_path / "no-samples")
     assert result["source"] == "builtin" and result["destinations"] == 5
-    assert (
-        (result["events"] > 0
-        and result["destination_events_per_s"] == round(result["events"] * 5 / result["seconds"]))
-        or result["destination_events_per_s"] > 0
-    )
+    assert result["events"] > 0 and result["events_per_s"] > 0
+    assert result["destination_events_per_s"] >= result["events_per_s"] * 5 - 5
     assert 0 < result["delivered_per_event"] <= 5
 
     parser = argparse.ArgumentParser()
