@@ -383,3 +383,19 @@ def _decide(
         reason = "consent-denied" if any_decision else "no-consent-default-deny"
         return ConsentDecision(False, reason, frozenset(types) | frozenset(denied))
     return ConsentDecision(True, "consent-permit" if any_decision else "no-consent-default-permit", frozenset(denied))
+
+
+def update_from_event(state: ConsentState | None, event: dict[str, Any]) -> ConsentState | None:
+    """Merge the Consent resources an event carries into the patient's state.
+
+    Returns the new state, or None when the event carries no Consent (nothing to store).
+    Malformed Consents raise ``ConsentError`` so the caller can DLQ the event rather than
+    silently keep an outdated permission.
+    """
+    consents = [r for r in event.get("resources") or () if type(r) is dict and r.get("resourceType") == "Consent"]
+    if not consents:
+        return None
+    new = state if state is not None else ConsentState(patient=(event.get("patient") or {}).get("euid"))
+    for c in consents:
+        new = new.with_consent(c)
+    return new

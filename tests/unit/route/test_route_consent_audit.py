@@ -259,3 +259,19 @@ def test_disclosures_for_and_cli():
     assert "ev-2" in buf.getvalue() and "billing" in buf.getvalue()
     args = parser.parse_args(["audit", "disclosures", "--patient", "E-1", "--since", "yesterday"])
     assert audit_disclosures_command(args, lambda: records, out=io.StringIO()) == 2
+
+
+def test_update_from_event_then_route():
+    from streams.route.consent import update_from_event
+
+    assert update_from_event(None, make_event([PATIENT])) is None
+    state = update_from_event(None, make_event([consent({"type": "deny"})], "FHIR^Consent", euid="E-9"))
+    assert state is not None and state.patient == "E-9"
+    stored = state.to_json()  # what the route agent keeps per EUID (Faust table / consent.decisions)
+    plan = compile_destination(DestinationSpec(name="ehr", allow=["Patient.gender"]))
+    assert plan.apply(make_event([PATIENT], euid="E-9"), ConsentState.from_json(stored)) == Denied("consent-denied")
+    revoked = update_from_event(
+        ConsentState.from_json(stored),
+        make_event([consent({"type": "deny"}, status="inactive", updated="2025-01-01")], "FHIR^Consent"),
+    )
+    assert isinstance(plan.apply(make_event([PATIENT], euid="E-9"), revoked), Delivered)
