@@ -138,7 +138,7 @@ class DestinationPlan:
         euid = patient.get("euid")
         env: dict[str, Any] = {
             "event_id": event["event_id"],
-            "event_type": event["event_type"],
+            "event_type": event.get("event_type"),
             "source": event.get("source"),
             "source_message_id": event.get("source_message_id"),
             "patient": {
