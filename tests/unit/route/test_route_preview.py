@@ -128,3 +128,15 @@ def test_preview_command_unreadable_input(tmp_path):
     args = parser().parse_args(["preview", "--topology", DEMO, "--destination", "nobody", str(junk)])
     assert preview_command(args, broken, out=io.StringIO(), err=err) == 1
     assert "nobody" in err.getvalue()
+
+
+def test_preview_command_stdin(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(orjson.dumps(BUNDLE))))
+    out = io.StringIO()
+    args = parser().parse_args(["preview", "--topology", DEMO, "--destination", "ehr-replica", "--json", "-"])
+    assert preview_command(args, never, out=out) == 0
+    event = orjson.loads(out.getvalue())["event"]
+    assert event["destination"] == "ehr-replica" and event["event_type"] == "ADT^A01"
+    assert [r["resourceType"] for r in event["resources"]] == ["Patient", "Encounter"]
