@@ -25,6 +25,7 @@ Semantics (FHIR R4 Consent, simplified to what routing needs):
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -176,6 +177,14 @@ class ConsentState:
 
     patient: str | None = None
     entries: dict[str, ConsentEntry] = field(default_factory=dict)
+    # decisions of period-free states do not depend on time: memoised per (purpose, recipient, types, default)
+    _memo: dict[tuple[Any, ...], ConsentDecision] = field(default_factory=dict, compare=False, repr=False)
+    _timeless: bool | None = field(default=None, compare=False, repr=False)
+
+    def timeless(self) -> bool:
+        if self._timeless is None:
+            self._timeless = not any(_has_period(e.root) for e in self.entries.values())
+        return self._timeless
 
     def with_consent(self, resource: dict[str, Any]) -> ConsentState:
         """A new state with ``resource`` merged in (a later version of the same consent replaces it)."""
@@ -214,6 +223,10 @@ class ConsentState:
         for r in resources:
             state = state.with_consent(r)
         return state
+
+
+def _has_period(p: Provision) -> bool:
+    return p.start is not None or p.end is not None or any(_has_period(c) for c in p.children)
 
 
 def consent_patient(resource: dict[str, Any]) -> str | None:
@@ -293,6 +306,13 @@ def parse_consent(resource: dict[str, Any]) -> ConsentEntry:
     return ConsentEntry(str(identity), status, scope, updated, root)
 
 
+def recipient_ids(destination: str, organization: str | None = None) -> frozenset[str]:
+    """The names a Consent ``provision.actor`` may use for a destination."""
+    return frozenset(
+        x for x in (destination, f"Organization/{destination}", f"Device/{destination}", organization) if x
+    )
+
+
 def evaluate(
     state: ConsentState | None,
     *,
@@ -302,15 +322,32 @@ def evaluate(
     resource_types: Iterable[str] = (),
     at: datetime | float | None = None,
     default: Decision = "permit",
+    recipient: frozenset[str] | None = None,
 ) -> ConsentDecision:
-    """May this destination receive these resource types for this purpose, now?"""
+    """May this destination receive these resource types for this purpose, at ``at`` (default now)?"""
+    who = recipient if recipient is not None else recipient_ids(destination, organization)
+    types = tuple(dict.fromkeys(resource_types))
+    memo_key = None
+    if state is not None and at is None and state.timeless():
+        memo_key = (purpose, who, types, default)
+        hit = state._memo.get(memo_key)
+        if hit is not None:
+            return hit
     if at is None:
-        t = datetime.now(UTC).timestamp()
+        t = time.time()
     elif isinstance(at, datetime):
         t = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
     else:
         t = float(at)
-    who = frozenset(x for x in (destination, f"Organization/{destination}", f"Device/{destination}", organization) if x)
+    decision = _decide(state, purpose, who, types, t, default)
+    if memo_key is not None and state is not None and len(state._memo) < 256:
+        state._memo[memo_key] = decision
+    return decision
+
+
+def _decide(
+    state: ConsentState | None, purpose: str, who: frozenset[str], types: tuple[str, ...], t: float, default: Decision
+) -> ConsentDecision:
     applicable = []
     if state is not None:
         for e in state.entries.values():
@@ -320,7 +357,6 @@ def evaluate(
             if purposes is not None and purpose not in purposes:
                 continue
             applicable.append(e.root)
-    types = list(dict.fromkeys(resource_types))
     if not applicable:
         if default == "permit":
             return ConsentDecision(True, "no-consent-default-permit")
@@ -347,3 +383,19 @@ def evaluate(
         reason = "consent-denied" if any_decision else "no-consent-default-deny"
         return ConsentDecision(False, reason, frozenset(types) | frozenset(denied))
     return ConsentDecision(True, "consent-permit" if any_decision else "no-consent-default-permit", frozenset(denied))
+
+
+def update_from_event(state: ConsentState | None, event: dict[str, Any]) -> ConsentState | None:
+    """Merge the Consent resources an event carries into the patient's state.
+
+    Returns the new state, or None when the event carries no Consent (nothing to store).
+    Malformed Consents raise ``ConsentError`` so the caller can DLQ the event rather than
+    silently keep an outdated permission.
+    """
+    consents = [r for r in event.get("resources") or () if type(r) is dict and r.get("resourceType") == "Consent"]
+    if not consents:
+        return None
+    new = state if state is not None else ConsentState(patient=(event.get("patient") or {}).get("euid"))
+    for c in consents:
+        new = new.with_consent(c)
+    return new

@@ -15,20 +15,19 @@ patient), ``nothing-allowed``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.route.allow import Node, compile_allow, project
-from streams.route.audit import build_disclosure, utc_now
-from streams.route.consent import ConsentState, evaluate
+from streams.route.audit import DisclosureTemplate
+from streams.route.consent import ConsentState, evaluate, recipient_ids
 from streams.route.eventtypes import compile_event_types
 from streams.route.transforms import Transformer, compile_transforms
 from topology.model import DestinationSpec
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
+# NamedTuples rather than frozen dataclasses: built once per event x destination, and cheaper to create.
+class Delivered(NamedTuple):
     event: dict[str, Any]
     elements: list[str]
     disclosure: dict[str, Any]
@@ -38,8 +37,7 @@ class Delivered:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class Denied:
+class Denied(NamedTuple):
     reason: str
 
     @property
@@ -58,8 +56,10 @@ class DestinationPlan:
 
     __slots__ = (
         "_consent_default",
+        "_disclosure",
         "_matches",
         "_patient_ids",
+        "_recipient",
         "_transformer",
         "_tries",
         "name",
@@ -82,6 +82,8 @@ class DestinationPlan:
         self._patient_ids = patient.get("identifier", (0, ""))[0] is None
         self._transformer = transformer
         self._consent_default = spec.consent_default
+        self._recipient = recipient_ids(spec.name, spec.organization)
+        self._disclosure = DisclosureTemplate(spec.name, spec.purpose, spec.organization, spec.topic)
 
     @property
     def resource_types(self) -> frozenset[str]:
@@ -102,7 +104,7 @@ class DestinationPlan:
         if not self._matches(event.get("event_type") or ""):
             return _DENIED_EVENT_TYPE
         tries = self._tries
-        resources = [r for r in event.get("resources") or () if r.get("resourceType") in tries]
+        resources = [r for r in event.get("resources") or () if type(r) is dict and r.get("resourceType") in tries]
         if not resources:
             return _DENIED_NOTHING
         denied_types: frozenset[str] = frozenset()
@@ -115,6 +117,7 @@ class DestinationPlan:
                 resource_types=[r["resourceType"] for r in resources],
                 at=at,
                 default=self._consent_default,
+                recipient=self._recipient,
             )
             if not decision.permitted:
                 return Denied(decision.reason)
@@ -135,7 +138,7 @@ class DestinationPlan:
         euid = patient.get("euid")
         env: dict[str, Any] = {
             "event_id": event["event_id"],
-            "event_type": event["event_type"],
+            "event_type": event.get("event_type"),
             "source": event.get("source"),
             "source_message_id": event.get("source_message_id"),
             "patient": {
@@ -157,17 +160,7 @@ class DestinationPlan:
                 return _DENIED_NOTHING
             seen = self._transformer.disclosed(projected, seen)
         elements = list(seen)
-        disclosure = build_disclosure(
-            event_id=env["event_id"],
-            event_type=env["event_type"],
-            destination=self.name,
-            purpose=self.purpose,
-            euid=euid,
-            elements=elements,
-            recorded=recorded or utc_now(),
-            organization=self.organization,
-            topic=self.topic,
-        )
+        disclosure = self._disclosure.build(env["event_id"], env["event_type"], euid, elements, recorded)
         return Delivered(env, elements, disclosure)
 
 

@@ -159,6 +159,8 @@ _SH_NUMBER_KEYS = frozenset(
     }
 )
 _SH_ADDRESS_KEYS = ("use", "type", "state", "country")
+# per-key actions of the walk (0 = generic handling by value type)
+_A_GENERIC, _A_DROP, _A_TEXT, _A_OBSTEXT, _A_DISPLAY, _A_ADDRESS, _A_ID, _A_REF, _A_IDENT, _A_EXT, _A_POSTAL = range(11)
 _SAFE_EXT_VALUES = frozenset({"valueCode", "valueCoding", "valueCodeableConcept", "valueBoolean"})
 
 
@@ -219,11 +221,12 @@ def _key(dest: DestinationSpec, spec: TransformSpec, keys: Mapping[str, bytes] |
 
 
 class _Ctx:
-    __slots__ = ("offset", "ref")
+    __slots__ = ("offset", "ref", "rtype")
 
     def __init__(self, offset: int, ref: date) -> None:
         self.offset = offset
         self.ref = ref
+        self.rtype = ""
 
 
 def _ref_date(event: dict[str, Any]) -> date:
@@ -301,6 +304,11 @@ class Transformer:
                 self.agecap.append(_scope(spec))
             elif spec.kind == "drop-text":
                 self.droptext.append(_scope(spec))
+        self.scoped = any(
+            s is not None
+            for s in (self.pseudo_scope, self.shift_scope, *self.year, *self.zip, *self.agecap, *self.droptext)
+        )
+        self._actions: dict[str, int] = {}
         self._ps_memo: dict[str, str] = {}
         self._offset_memo: dict[str, int] = {}
 
@@ -345,9 +353,13 @@ class Transformer:
             basis = euid or (f"{idents[0].get('system')}|{idents[0].get('value')}" if idents else event["event_id"])
             offset = self.shift_days(basis)
         ctx = _Ctx(offset, _ref_date(event))
-        env["resources"] = [
-            out for r in env["resources"] if (out := self._obj(r, r["resourceType"], ctx)) and len(out) > 1
-        ]
+        walked = []
+        for r in env["resources"]:
+            ctx.rtype = r["resourceType"]
+            out = self._obj(r, ctx.rtype, ctx)
+            if len(out) > 1:
+                walked.append(out)
+        env["resources"] = walked
         for r in env["resources"]:
             if "resourceType" not in r:  # the walk keeps it, but never emit an untyped resource
                 return False
@@ -388,53 +400,102 @@ class Transformer:
             value = value[:4]
         return value
 
-    def _obj(self, d: dict[str, Any], path: str, ctx: _Ctx) -> dict[str, Any]:
+    def _classify(self, k: str) -> int:
+        """What to do with key ``k`` (memoised: FHIR has a few hundred element names)."""
+        if self.sh and (k in _SH_DROP or k[:1] == "_"):
+            return _A_DROP
+        if self.droptext and k in _TEXT_KEYS:
+            return _A_TEXT
+        if self.droptext and k in _OBS_TEXT_KEYS:
+            return _A_OBSTEXT
+        if self.sh:
+            if k == "display":
+                return _A_DISPLAY
+            if k == "address":
+                return _A_ADDRESS
+            if k == "id":
+                return _A_ID
+            if k == "reference":
+                return _A_REF
+        else:
+            if k in _IDENT_KEYS and self.pseudo_key:
+                return _A_IDENT
+            if self.pseudo_all and k == "reference":
+                return _A_REF
+            if self.pseudo_all and k == "id":
+                return _A_ID
+        if k in _EXT_KEYS and self.filter_ext:
+            return _A_EXT
+        if k == "postalCode" and self.zip:
+            return _A_POSTAL
+        return _A_GENERIC
+
+    def _obj(self, d: dict[str, Any], path: str, ctx: _Ctx, depth: int = 0) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        scoped = self.scoped
+        sh = self.sh
+        actions = self._actions
+        depth += 1
         for k, v in d.items():
-            r = self._val(k, v, f"{path}.{k}", d, ctx)
+            # inline fast path for the commonest leaf: a plain string under a key with no special rule
+            if type(v) is str and actions.get(k) == _A_GENERIC and not (v[:1].isdigit() and _DATE_RE.match(v)):
+                if not sh or k in _SH_STRING_KEYS:
+                    out[k] = v
+                continue
+            r = self._val(k, v, f"{path}.{k}" if scoped else path, d, ctx, depth)
             if r is not _DROP:
                 out[k] = r
         return out
 
-    def _val(self, k: str, v: Any, p: str, parent: dict[str, Any], ctx: _Ctx) -> Any:
-        if self.droptext and (k in _TEXT_KEYS or (k in _OBS_TEXT_KEYS and p.startswith("Observation."))):
-            if any(_in(s, p) for s in self.droptext):
+    def _val(self, k: str, v: Any, p: str, parent: dict[str, Any], ctx: _Ctx, depth: int) -> Any:
+        a = self._actions.get(k)
+        if a is None:
+            a = self._classify(k)
+            if len(self._actions) < 10_000:  # keys come from outside: keep the memo bounded
+                self._actions[k] = a
+        if a:
+            if a == _A_DROP:
                 return _DROP
-        if self.sh:
-            if k in _SH_DROP or k[0] == "_":
-                return _DROP
-            if k == "display" and "code" not in parent:
-                return _DROP  # Reference.display & co. carry names; Coding.display carries a code's meaning
-            if k == "address":
-                return self._sh_address(v, p)
-            if k == "id" or k == "reference":
-                if not self.pseudo_key or type(v) is not str:
+            if a == _A_TEXT:
+                if any(_in(s, p) for s in self.droptext):
                     return _DROP
-                if k == "reference":
+            elif a == _A_OBSTEXT:
+                if ctx.rtype == "Observation" and any(_in(s, p) for s in self.droptext):
+                    return _DROP
+            elif a == _A_DISPLAY:
+                if "code" not in parent:
+                    return _DROP  # Reference.display & co. carry names; Coding.display carries a code's meaning
+            elif a == _A_ADDRESS:
+                return self._sh_address(v)
+            elif a == _A_ID or a == _A_REF:
+                if type(v) is not str or not self.pseudo_key:
+                    return _DROP if self.sh else v
+                if a == _A_REF:
                     return self._ps_ref(v)
-                rtype = p.split(".", 1)[0]
-                return self.pseudonym(f"{rtype}/{v}") if p.count(".") == 1 else self.pseudonym(v)
-        else:
-            if k in _IDENT_KEYS and self.pseudo_key and _in(self.pseudo_scope, p):
-                return self._ps_identifiers(v, p, ctx)
-            if self.pseudo_all and type(v) is str:
-                if k == "reference":
-                    return self._ps_ref(v)
-                if k == "id" and p.count(".") == 1:
-                    return self.pseudonym(f"{p.split('.', 1)[0]}/{v}")
-        if k in _EXT_KEYS and self.filter_ext:
-            return self._extensions(v, p, ctx)
-        if k == "postalCode" and type(v) is str and any(_in(s, p) for s in self.zip):
-            z = zip3(v)
-            return _DROP if z is None else z
+                if depth == 1:
+                    return self.pseudonym(f"{ctx.rtype}/{v}")
+                return self.pseudonym(v) if self.sh else v
+            elif a == _A_IDENT:
+                if _in(self.pseudo_scope, p):
+                    return self._ps_identifiers(v, p, ctx, depth)
+            elif a == _A_EXT:
+                return self._extensions(v, p, ctx, depth)
+            elif a == _A_POSTAL:
+                if type(v) is str and any(_in(s, p) for s in self.zip):
+                    z = zip3(v)
+                    return _DROP if z is None else z
         t = type(v)
         if t is dict:
-            r = self._obj(v, p, ctx)
+            r = self._obj(v, p, ctx, depth)
             return r if r else _DROP
         if t is list:
             items = []
             for x in v:
-                r = self._val(k, x, p, parent, ctx) if type(x) is not dict else (self._obj(x, p, ctx) or _DROP)
+                r = (
+                    (self._obj(x, p, ctx, depth) or _DROP)
+                    if type(x) is dict
+                    else self._val(k, x, p, parent, ctx, depth)
+                )
                 if r is not _DROP:
                     items.append(r)
             return items if items else _DROP
@@ -450,13 +511,13 @@ class Transformer:
             return _DROP  # a bare number under an unknown key may be an account/record number
         return v
 
-    def _ps_identifiers(self, v: Any, p: str, ctx: _Ctx) -> Any:
+    def _ps_identifiers(self, v: Any, p: str, ctx: _Ctx, depth: int) -> Any:
         items = v if type(v) is list else [v]
         out = []
         for ident in items:
             if type(ident) is not dict:
                 continue
-            walked = self._obj(ident, p, ctx)
+            walked = self._obj(ident, p, ctx, depth)
             if type(ident.get("value")) is str:
                 walked["value"] = self.pseudonym(f"{ident.get('system') or ''}|{ident['value']}")
             walked.pop("assigner", None)  # may name the assigning facility with patient context
@@ -466,7 +527,7 @@ class Transformer:
             return _DROP
         return out if type(v) is list else out[0]
 
-    def _sh_address(self, v: Any, p: str) -> Any:
+    def _sh_address(self, v: Any) -> Any:
         items = v if type(v) is list else [v]
         out = []
         for a in items:
@@ -483,7 +544,7 @@ class Transformer:
             return _DROP
         return out if type(v) is list else out[0]
 
-    def _extensions(self, v: Any, p: str, ctx: _Ctx) -> Any:
+    def _extensions(self, v: Any, p: str, ctx: _Ctx, depth: int) -> Any:
         if type(v) is not list:
             return _DROP
         out = []
@@ -492,7 +553,7 @@ class Transformer:
                 continue
             if self.sh and not self._safe_ext(ext):
                 continue
-            walked = self._obj({k: x for k, x in ext.items() if k != "url"}, p, ctx)
+            walked = self._obj({k: x for k, x in ext.items() if k != "url"}, p, ctx, depth)
             if walked:
                 out.append({"url": ext["url"], **walked})
         return out if out else _DROP
