@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import jellyfish
 from rapidfuzz import fuzz
@@ -49,10 +50,13 @@ F_FAMILY_SDX = 16
 N_FEATURES = 17
 
 
+# Names repeat heavily across a population, so phonetic codes are memoised.
+@lru_cache(maxsize=200_000)
 def _phon(value: str) -> str:
     return jellyfish.metaphone(value) if value else ""
 
 
+@lru_cache(maxsize=200_000)
 def _sdx(value: str) -> str:
     return jellyfish.soundex(value) if value else ""
 
@@ -140,9 +144,7 @@ def compare_family(a: Features, b: Features) -> int:
     return 6
 
 
-FAMILY = Comparison(
-    "family", ("null", "exact", "jw>=0.92", "swapped", "phonetic", "jw>=0.80", "else"), compare_family
-)
+FAMILY = Comparison("family", ("null", "exact", "jw>=0.92", "swapped", "phonetic", "jw>=0.80", "else"), compare_family)
 
 
 def compare_dob(a: Features, b: Features) -> int:

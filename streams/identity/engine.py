@@ -202,9 +202,7 @@ class MatchEngine:
         if strong_euid is not None:
             demo = self._strong_id_support(feats, strong_euid)
             if demo >= self.thresholds.strong_id_min_weight:
-                return Resolution(
-                    AUTO_LINK, strong_euid, None, 1.0, True, ("strong-identifier:ssn",), len(scored)
-                )
+                return Resolution(AUTO_LINK, strong_euid, None, 1.0, True, ("strong-identifier:ssn",), len(scored))
         if not best_by_euid:
             return Resolution(NEW, None, None, 0.0, False, ("no-candidates",), 0)
         ranked = sorted(best_by_euid.items(), key=lambda kv: kv[1][0], reverse=True)
@@ -220,9 +218,7 @@ class MatchEngine:
         reasons.extend(self.explain(feats, best_member))
         if len(ranked) > 1 and self.model.probability(ranked[1][1][0]) >= self.thresholds.auto_link:
             reasons.append("also-matches:" + ranked[1][0])  # index holds a likely duplicate
-        return Resolution(
-            band, euid if band == AUTO_LINK else None, cand, prob, False, tuple(reasons), len(scored)
-        )
+        return Resolution(band, euid if band == AUTO_LINK else None, cand, prob, False, tuple(reasons), len(scored))
 
     def _strong_id_support(self, feats: list[str], euid: str) -> float:
         """Best demographic weight (SSN excluded) of the entity holding the same strong id."""

@@ -81,9 +81,7 @@ def true_links(records: list[PatientRecord], other: list[PatientRecord] | None) 
     if other is not None:
         by_cluster = {_cluster(r.record_id): r.record_id for r in other}
         return {
-            (r.record_id, by_cluster[_cluster(r.record_id)])
-            for r in records
-            if _cluster(r.record_id) in by_cluster
+            (r.record_id, by_cluster[_cluster(r.record_id)]) for r in records if _cluster(r.record_id) in by_cluster
         }
     groups: dict[str, list[str]] = defaultdict(list)
     for r in records:
@@ -136,9 +134,7 @@ def evaluate_febrl(
         if other is None:
             model = train(records, version=f"em-febrl{n}")
         else:
-            model = train(
-                [*records, *other], cross=[0] * len(records) + [1] * len(other), version=f"em-febrl{n}"
-            )
+            model = train([*records, *other], cross=[0] * len(records) + [1] * len(other), version=f"em-febrl{n}")
     engine = MatchEngine(model, thresholds)
     truth = true_links(records, other)
     predicted: set[tuple[str, str]] = set()
