@@ -24,9 +24,7 @@ def test_replay_of_the_same_source_record_is_idempotent(engine: MatchEngine, ali
     assert len(engine.store.get("e:" + euid)) == 1  # replaced, not appended
 
 
-def test_deterministic_link_on_assigning_authority_identifier(
-    engine: MatchEngine, alice: PatientRecord
-) -> None:
+def test_deterministic_link_on_assigning_authority_identifier(engine: MatchEngine, alice: PatientRecord) -> None:
     euid = engine.add(alice).euid
     # Same MRN from the same authority, different record id and wildly different demographics.
     moved = PatientRecord(
