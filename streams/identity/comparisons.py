@@ -61,10 +61,20 @@ def _sdx(value: str) -> str:
     return jellyfish.soundex(value) if value else ""
 
 
+@lru_cache(maxsize=200_000)
+def _name(value: str) -> str:
+    return normalize.name(value)
+
+
+@lru_cache(maxsize=100_000)
+def _city(value: str) -> str:
+    return normalize.text(value)
+
+
 def features(record: PatientRecord) -> list[str]:
     """Normalise a record into the feature vector used by comparisons and blocking."""
-    given = normalize.name(record.given)
-    family = normalize.name(record.family)
+    given = _name(record.given)
+    family = _name(record.family)
     line = normalize.text(record.address_line)
     house, street = normalize.split_address_line(line)
     line2 = normalize.text(record.address_line2)
@@ -82,7 +92,7 @@ def features(record: PatientRecord) -> list[str]:
         normalize.sex(record.sex),
         house,
         street,
-        normalize.text(record.city),
+        _city(record.city),
         normalize.postcode(record.postal_code),
         normalize.phone(record.phone),
         ssn,

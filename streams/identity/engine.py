@@ -124,6 +124,7 @@ class MatchEngine:
         self.max_block_size = max_block_size
         self._table = model.weight_table()
         self._prior = model.prior_weight
+        self._labels = [[f"{c.name}:{level}" for level in c.levels] for c in COMPARISONS]
 
     # ----------------------------------------------------------------- scoring
     def pair_weight(self, a: list[str], b: list[str]) -> float:
@@ -134,13 +135,16 @@ class MatchEngine:
         return total
 
     def explain(self, a: list[str], b: list[str]) -> tuple[str, ...]:
-        """Level label and weight per comparison, strongest evidence first (no PHI)."""
-        items = []
-        for comp, w in zip(COMPARISONS, self._table, strict=True):
-            level = comp.compare(a, b)
+        """``comparison:level`` for every non-null comparison of a pair (labels only, no PHI).
+
+        The weight of each is ``model.weight_table()``; reviewers see which fields agreed.
+        """
+        out = []
+        for f, labels in zip(_FUNCS, self._labels, strict=True):
+            level = f(a, b)
             if level:
-                items.append((abs(w[level]), f"{comp.name}:{comp.levels[level]}({w[level]:+.1f})"))
-        return tuple(text for _, text in sorted(items, reverse=True))
+                out.append(labels[level])
+        return tuple(out)
 
     def candidate_euids(self, feats: list[str]) -> set[str]:
         get = self.store.get
