@@ -47,7 +47,8 @@ F_SSN = 13
 F_SSN4 = 14
 F_GIVEN_SDX = 15  # soundex, for blocking
 F_FAMILY_SDX = 16
-N_FEATURES = 17
+F_IDENTS = 17  # the record's identifier keys ("system|value"), newline-separated
+N_FEATURES = 18
 
 
 # Names repeat heavily across a population, so phonetic codes are memoised.
@@ -99,6 +100,7 @@ def features(record: PatientRecord) -> list[str]:
         record.effective_ssn_last4,
         _sdx(given),
         _sdx(family),
+        "\n".join(ident.key() for ident in record.identifiers),
     ]
 
 
