@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import jellyfish
 from rapidfuzz import fuzz
@@ -46,21 +47,35 @@ F_SSN = 13
 F_SSN4 = 14
 F_GIVEN_SDX = 15  # soundex, for blocking
 F_FAMILY_SDX = 16
-N_FEATURES = 17
+F_IDENTS = 17  # the record's identifier keys ("system|value"), newline-separated
+N_FEATURES = 18
 
 
+# Names repeat heavily across a population, so phonetic codes are memoised.
+@lru_cache(maxsize=200_000)
 def _phon(value: str) -> str:
     return jellyfish.metaphone(value) if value else ""
 
 
+@lru_cache(maxsize=200_000)
 def _sdx(value: str) -> str:
     return jellyfish.soundex(value) if value else ""
 
 
+@lru_cache(maxsize=200_000)
+def _name(value: str) -> str:
+    return normalize.name(value)
+
+
+@lru_cache(maxsize=100_000)
+def _city(value: str) -> str:
+    return normalize.text(value)
+
+
 def features(record: PatientRecord) -> list[str]:
     """Normalise a record into the feature vector used by comparisons and blocking."""
-    given = normalize.name(record.given)
-    family = normalize.name(record.family)
+    given = _name(record.given)
+    family = _name(record.family)
     line = normalize.text(record.address_line)
     house, street = normalize.split_address_line(line)
     line2 = normalize.text(record.address_line2)
@@ -78,13 +93,14 @@ def features(record: PatientRecord) -> list[str]:
         normalize.sex(record.sex),
         house,
         street,
-        normalize.text(record.city),
+        _city(record.city),
         normalize.postcode(record.postal_code),
         normalize.phone(record.phone),
         ssn,
         record.effective_ssn_last4,
         _sdx(given),
         _sdx(family),
+        "\n".join(ident.key() for ident in record.identifiers),
     ]
 
 
@@ -140,9 +156,7 @@ def compare_family(a: Features, b: Features) -> int:
     return 6
 
 
-FAMILY = Comparison(
-    "family", ("null", "exact", "jw>=0.92", "swapped", "phonetic", "jw>=0.80", "else"), compare_family
-)
+FAMILY = Comparison("family", ("null", "exact", "jw>=0.92", "swapped", "phonetic", "jw>=0.80", "else"), compare_family)
 
 
 def compare_dob(a: Features, b: Features) -> int:

@@ -77,9 +77,7 @@ def blocked_pairs(
     return pairs
 
 
-def level_frequencies(
-    matrix: np.ndarray, weights: np.ndarray | None = None, alpha: float = 0.5
-) -> list[list[float]]:
+def level_frequencies(matrix: np.ndarray, weights: np.ndarray | None = None, alpha: float = 0.5) -> list[list[float]]:
     """P(level) per comparison among non-null observations, with a small pseudocount."""
     out: list[list[float]] = []
     for c, n_levels in enumerate(_N_LEVELS):
@@ -112,9 +110,7 @@ def expectation_maximisation(
             mc = np.asarray(m[c])
             uc = np.asarray(u[c])
             mc[0] = uc[0] = 1.0  # null level: no evidence
-            log_ratio += (
-                np.log(np.maximum(mc, 1e-12))[patterns[:, c]] - np.log(np.maximum(uc, 1e-12))[patterns[:, c]]
-            )
+            log_ratio += np.log(np.maximum(mc, 1e-12))[patterns[:, c]] - np.log(np.maximum(uc, 1e-12))[patterns[:, c]]
         post = 1.0 / (1.0 + np.exp(-np.clip(log_ratio, -700, 700)))
         wm = post * counts
         wu = (1.0 - post) * counts
@@ -161,9 +157,7 @@ def train(
             sizes[label] += 1
         total_pairs = sum(sizes[a] * sizes[b] for a in sizes for b in sizes if a < b) or 1.0
     prior = max(lam_c * len(cand) / total_pairs, 1e-12)
-    params = [
-        ComparisonParams(comp.name, comp.levels, m[k], u_random[k]) for k, comp in enumerate(COMPARISONS)
-    ]
+    params = [ComparisonParams(comp.name, comp.levels, m[k], u_random[k]) for k, comp in enumerate(COMPARISONS)]
     trained_at = datetime.now(UTC).replace(microsecond=0).isoformat()
     return MatchModel(
         params,

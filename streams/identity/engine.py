@@ -13,6 +13,9 @@ small JSON-serialisable values (strings and lists of strings). Key namespaces:
 ``i:<system>|<value>``→ ``euid``               source identifier (assigning authority) index
 ``x:ssn|<ssn>``       → ``euid``               strong-identifier index
 ``r:<source>|<id>``   → ``euid``               where a source record already went
+``m:<retired euid>``  → ``euid``               merge forwarding pointer (followed on read)
+
+``put(key, None)`` deletes a key.
 
 The identity agent partitions by blocking key: a lookup reads the ``b:`` keys of the
 record, then the ``e:`` entries of the candidates. Writes are idempotent puts, so a replayed
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streams.identity.blocking import blocking_keys
-from streams.identity.comparisons import _FUNCS, COMPARISONS, F_REF, F_SSN, features
+from streams.identity.comparisons import _FUNCS, COMPARISONS, F_IDENTS, F_REF, F_SSN, features
 from streams.identity.model import MatchModel
 from streams.identity.record import PatientRecord
 
@@ -52,7 +55,10 @@ class MemoryStore(dict[str, Any]):
     """dict-backed store; ``get`` is dict.get (C speed on the hot path)."""
 
     def put(self, key: str, value: Any) -> None:
-        self[key] = value
+        if value is None:
+            self.pop(key, None)
+        else:
+            self[key] = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,26 @@ class Resolution:
     reasons: tuple[str, ...]  # level labels / rule names; never PHI values
     candidates_compared: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for ``mpi.links`` events and review tasks (no PHI inside)."""
+        best = self.best_candidate
+        return {
+            "band": self.band,
+            "euid": self.euid,
+            "score": self.score,
+            "deterministic": self.deterministic,
+            "reasons": list(self.reasons),
+            "candidates_compared": self.candidates_compared,
+            "best_candidate": None
+            if best is None
+            else {
+                "euid": best.euid,
+                "record_ref": best.record_ref,
+                "match_weight": best.match_weight,
+                "probability": best.probability,
+            },
+        }
+
 
 def default_euid_factory(record: PatientRecord) -> str:
     """Stable EUID from the founding record's first source identifier (or its record id)."""
@@ -124,6 +150,7 @@ class MatchEngine:
         self.max_block_size = max_block_size
         self._table = model.weight_table()
         self._prior = model.prior_weight
+        self._labels = [[f"{c.name}:{level}" for level in c.levels] for c in COMPARISONS]
 
     # ----------------------------------------------------------------- scoring
     def pair_weight(self, a: list[str], b: list[str]) -> float:
@@ -134,13 +161,16 @@ class MatchEngine:
         return total
 
     def explain(self, a: list[str], b: list[str]) -> tuple[str, ...]:
-        """Level label and weight per comparison, strongest evidence first (no PHI)."""
-        items = []
-        for comp, w in zip(COMPARISONS, self._table, strict=True):
-            level = comp.compare(a, b)
+        """``comparison:level`` for every non-null comparison of a pair (labels only, no PHI).
+
+        The weight of each is ``model.weight_table()``; reviewers see which fields agreed.
+        """
+        out = []
+        for f, labels in zip(_FUNCS, self._labels, strict=True):
+            level = f(a, b)
             if level:
-                items.append((abs(w[level]), f"{comp.name}:{comp.levels[level]}({w[level]:+.1f})"))
-        return tuple(text for _, text in sorted(items, reverse=True))
+                out.append(labels[level])
+        return tuple(out)
 
     def candidate_euids(self, feats: list[str]) -> set[str]:
         get = self.store.get
@@ -177,10 +207,12 @@ class MatchEngine:
         # 1. The same source record seen before: idempotent replays and updates.
         known = get("r:" + feats[F_REF])
         if known is not None:
-            return Resolution(AUTO_LINK, known, None, 1.0, True, ("same-source-record",))
+            return Resolution(AUTO_LINK, self.current_euid(known), None, 1.0, True, ("same-source-record",))
         # 2. Assigning authority + identifier.
         hits = {get("i:" + ident.key()) for ident in record.identifiers}
         hits.discard(None)
+        if hits:
+            hits = {self.current_euid(h) for h in hits}
         if len(hits) == 1:
             euid = hits.pop()
             return Resolution(AUTO_LINK, euid, None, 1.0, True, ("identifier",))
@@ -194,6 +226,8 @@ class MatchEngine:
         strong_euid = None
         if "ssn" in self.strong_identifiers and feats[F_SSN]:
             strong_euid = get("x:ssn|" + feats[F_SSN])
+            if strong_euid is not None:
+                strong_euid = self.current_euid(strong_euid)
         best_by_euid: dict[str, tuple[float, str]] = {}
         for euid, ref, weight in scored:
             prev = best_by_euid.get(euid)
@@ -202,9 +236,9 @@ class MatchEngine:
         if strong_euid is not None:
             demo = self._strong_id_support(feats, strong_euid)
             if demo >= self.thresholds.strong_id_min_weight:
-                return Resolution(
-                    AUTO_LINK, strong_euid, None, 1.0, True, ("strong-identifier:ssn",), len(scored)
-                )
+                hit = best_by_euid.get(strong_euid)
+                cand = None if hit is None else Candidate(strong_euid, hit[1], hit[0], self.model.probability(hit[0]))
+                return Resolution(AUTO_LINK, strong_euid, cand, 1.0, True, ("strong-identifier:ssn",), len(scored))
         if not best_by_euid:
             return Resolution(NEW, None, None, 0.0, False, ("no-candidates",), 0)
         ranked = sorted(best_by_euid.items(), key=lambda kv: kv[1][0], reverse=True)
@@ -220,9 +254,7 @@ class MatchEngine:
         reasons.extend(self.explain(feats, best_member))
         if len(ranked) > 1 and self.model.probability(ranked[1][1][0]) >= self.thresholds.auto_link:
             reasons.append("also-matches:" + ranked[1][0])  # index holds a likely duplicate
-        return Resolution(
-            band, euid if band == AUTO_LINK else None, cand, prob, False, tuple(reasons), len(scored)
-        )
+        return Resolution(band, euid if band == AUTO_LINK else None, cand, prob, False, tuple(reasons), len(scored))
 
     def _strong_id_support(self, feats: list[str], euid: str) -> float:
         """Best demographic weight (SSN excluded) of the entity holding the same strong id."""
@@ -295,3 +327,83 @@ class MatchEngine:
                 store.put(key, [euid])
             elif euid not in block and len(block) < cap:
                 store.put(key, [*block, euid])
+
+    # ----------------------------------------------------------------- merge / unmerge
+    def current_euid(self, euid: str) -> str:
+        """Follow merge forwarding pointers (``m:``) to the surviving EUID."""
+        get = self.store.get
+        for _ in range(64):  # a chain longer than this means a cycle: stop rather than spin
+            nxt = get("m:" + euid)
+            if nxt is None:
+                return euid
+            euid = nxt
+        return euid
+
+    def members(self, euid: str) -> list[list[str]]:
+        return list(self.store.get("e:" + self.current_euid(euid)) or [])
+
+    def merge(self, survivor: str, retired: str) -> str:
+        """Fold ``retired`` into ``survivor`` (ADT^A40, FHIR ``Patient.link`` replaced-by).
+
+        Every index entry of the retired entity is re-pointed; ``m:<retired>`` forwards
+        anything still holding the old EUID. Returns the surviving EUID.
+        """
+        store, get = self.store, self.store.get
+        survivor, retired = self.current_euid(survivor), self.current_euid(retired)
+        if survivor == retired:
+            return survivor
+        kept, moved = get("e:" + survivor), get("e:" + retired)
+        if kept is None or moved is None:
+            raise KeyError("unknown EUID")
+        store.put("e:" + survivor, [*kept, *moved])
+        store.put("e:" + retired, None)
+        store.put("m:" + retired, survivor)
+        for member in moved:
+            self._repoint(member, retired, survivor)
+            for bkey in blocking_keys(member):
+                key = "b:" + bkey
+                block = get(key)
+                if block and retired in block:
+                    updated = [e for e in block if e != retired]
+                    if survivor not in updated:
+                        updated.append(survivor)
+                    store.put(key, updated)
+        return survivor
+
+    def unmerge(self, euid: str, record_ref: str, new_euid: str | None = None) -> str:
+        """Split one member record (``source|record_id``) out into its own entity."""
+        store, get = self.store, self.store.get
+        euid = self.current_euid(euid)
+        members = get("e:" + euid) or []
+        member = next((m for m in members if m[F_REF] == record_ref), None)
+        if member is None:
+            raise KeyError("record is not a member of this EUID")
+        rest = [m for m in members if m[F_REF] != record_ref]
+        if not rest:
+            return euid  # already alone
+        new = new_euid or uuid.uuid5(EUID_NAMESPACE, "unmerge|" + record_ref).hex
+        store.put("e:" + euid, rest)
+        store.put("e:" + new, [member])
+        self._repoint(member, euid, new)
+        if member[F_SSN] and any(m[F_SSN] == member[F_SSN] for m in rest):
+            store.put("x:ssn|" + member[F_SSN], euid)  # still held by a remaining member
+        remaining_keys = {k for m in rest for k in blocking_keys(m)}
+        cap = self.max_block_size
+        for bkey in blocking_keys(member):
+            key = "b:" + bkey
+            block = list(get(key) or [])
+            if bkey not in remaining_keys and euid in block:
+                block.remove(euid)
+            if new not in block and len(block) < cap:
+                block.append(new)
+            store.put(key, block)
+        return new
+
+    def _repoint(self, member: list[str], old: str, new: str) -> None:
+        store, get = self.store, self.store.get
+        store.put("r:" + member[F_REF], new)
+        for ident in filter(None, member[F_IDENTS].split("\n")):
+            if get("i:" + ident) == old:
+                store.put("i:" + ident, new)
+        if member[F_SSN] and get("x:ssn|" + member[F_SSN]) == old:
+            store.put("x:ssn|" + member[F_SSN], new)

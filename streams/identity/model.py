@@ -77,11 +77,7 @@ class MatchModel:
             "comparisons": [
                 {
                     "name": c.name,
-                    "levels": [
-                        {"label": label, "m": c.m[i], "u": c.u[i]}
-                        for i, label in enumerate(c.levels)
-                        if i > 0
-                    ],
+                    "levels": [{"label": label, "m": c.m[i], "u": c.u[i]} for i, label in enumerate(c.levels) if i > 0],
                 }
                 for c in self.comparisons
             ],
@@ -172,7 +168,5 @@ def default_model(prior: float = 1e-6) -> MatchModel:
         mu = _DEFAULT_MU[comp.name]
         if len(mu) != len(comp.levels) - 1:
             raise AssertionError(f"default m/u for {comp.name} does not match its levels")
-        params.append(
-            ComparisonParams(comp.name, comp.levels, [0.0, *[m for m, _ in mu]], [0.0, *[u for _, u in mu]])
-        )
+        params.append(ComparisonParams(comp.name, comp.levels, [0.0, *[m for m, _ in mu]], [0.0, *[u for _, u in mu]]))
     return MatchModel(params, prior, version="default-1", metadata={"trained": False})

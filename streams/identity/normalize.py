@@ -136,7 +136,10 @@ def fold(value: str | None) -> str:
     """Lower-case and strip accents (NFKD) — the common first step of every normaliser."""
     if not value:
         return ""
-    decomposed = unicodedata.normalize("NFKD", str(value))
+    value = str(value)
+    if value.isascii():  # the common case needs no Unicode decomposition
+        return value.lower().strip()
+    decomposed = unicodedata.normalize("NFKD", value)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower().strip()
 
 

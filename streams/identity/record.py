@@ -140,8 +140,7 @@ def to_fhir_patient(record: PatientRecord) -> dict[str, Any]:
     """Inverse of :func:`from_fhir_patient` (used by tests and the synthetic generator)."""
     resource: dict[str, Any] = {"resourceType": "Patient", "id": record.record_id}
     idents: list[dict[str, Any]] = [
-        {"system": i.system, "value": i.value, "type": {"coding": [{"code": i.type}]}}
-        for i in record.identifiers
+        {"system": i.system, "value": i.value, "type": {"coding": [{"code": i.type}]}} for i in record.identifiers
     ]
     if record.ssn:
         idents.append({"system": SSN_SYSTEM, "value": record.ssn, "type": {"coding": [{"code": "SS"}]}})

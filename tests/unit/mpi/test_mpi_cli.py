@@ -74,9 +74,34 @@ def test_evaluate_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"precision", "recall", "f1", "candidate_pairs", "seconds"} <= set(out)
-    args = parse(["mpi", "evaluate", "--febrl", "1"])
+    assert out["dataset"] == "febrl1" and out["f1"] >= 0.99
+
+
+def test_evaluate_text(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.identity.febrl as febrl
+
+    seen = {}
+
+    def fake(n: int, thresholds: object) -> dict[str, object]:
+        seen["args"] = (n, thresholds)
+        return {
+            "dataset": f"febrl{n}",
+            "precision": 0.995,
+            "recall": 0.9,
+            "f1": 0.945,
+            "candidate_pairs": 10,
+            "seconds": 0.5,
+            "true_links": 3,
+            "predicted_links": 2,
+            "review_links": 1,
+        }
+
+    monkeypatch.setattr(febrl, "evaluate_febrl", fake)
+    args = parse(["mpi", "evaluate", "--febrl", "3", "--auto-link", "0.999", "--review", "0.3"])
     assert args.func(args) == 0
-    assert "candidate pairs" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "candidate pairs" in text and "0.9450" in text and "febrl3" in text
+    assert seen["args"][0] == 3 and seen["args"][1].auto_link == 0.999  # type: ignore[attr-defined]
 
 
 def test_evaluate_rejects_unknown_dataset() -> None:

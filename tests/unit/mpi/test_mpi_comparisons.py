@@ -115,9 +115,7 @@ def test_other_levels() -> None:
 
 def test_comparisons_are_symmetric_for_core_fields() -> None:
     a = c.features(BASE)
-    b = c.features(
-        replace(BASE, given="Kathryn", family="Jonson", birth_date="1980-12-04", postal_code="62705")
-    )
+    b = c.features(replace(BASE, given="Kathryn", family="Jonson", birth_date="1980-12-04", postal_code="62705"))
     assert c.comparison_vector(a, b) == c.comparison_vector(b, a)
 
 

@@ -24,9 +24,7 @@ def test_replay_of_the_same_source_record_is_idempotent(engine: MatchEngine, ali
     assert len(engine.store.get("e:" + euid)) == 1  # replaced, not appended
 
 
-def test_deterministic_link_on_assigning_authority_identifier(
-    engine: MatchEngine, alice: PatientRecord
-) -> None:
+def test_deterministic_link_on_assigning_authority_identifier(engine: MatchEngine, alice: PatientRecord) -> None:
     euid = engine.add(alice).euid
     # Same MRN from the same authority, different record id and wildly different demographics.
     moved = PatientRecord(
@@ -180,3 +178,64 @@ def test_thresholds_validation() -> None:
 def test_injected_id_factory(alice: PatientRecord) -> None:
     eng = MatchEngine(default_model(), id_factory=lambda r: "E-" + r.record_id)
     assert eng.add(alice).euid == "E-A1"
+
+
+def test_merge_repoints_identifiers_records_and_blocks(engine: MatchEngine, alice: PatientRecord) -> None:
+    a = engine.add(alice).euid
+    other = PatientRecord(
+        "L5",
+        "lab",
+        identifiers=(Identifier("urn:oid:lab", "L-5", "MR"),),
+        family="Smith",
+        given="Alice",
+        birth_date="1980-04-12",
+        ssn="555443333",
+    )
+    eng2 = MatchEngine(default_model(), Thresholds(auto_link=0.999999, review=0.5), store=engine.store)
+    b = eng2.add(other).euid
+    assert a and b and a != b
+    assert engine.merge(a, b) == a
+    assert engine.current_euid(b) == a
+    assert {m[0] for m in engine.members(b)} == {"ehr|A1", "lab|L5"}
+    assert engine.store.get("e:" + b) is None
+    # Every index now answers with the survivor.
+    assert engine.resolve(replace(other, record_id="L5-new")).euid == a  # via identifier L-5
+    assert engine.resolve(other).euid == a  # same source record
+    for key, value in dict(engine.store).items():
+        if key.startswith("b:"):
+            assert b not in value
+    assert engine.merge(a, b) == a  # idempotent
+
+
+def test_unmerge_splits_one_record_out(engine: MatchEngine, alice: PatientRecord) -> None:
+    a = engine.add(alice).euid
+    twin = PatientRecord(
+        "P2",
+        "portal",
+        identifiers=(Identifier("urn:oid:portal", "P-2", "MR"),),
+        family="Smith",
+        given="Alice",
+        birth_date="1980-04-12",
+        sex="female",
+        address_line="12 High Street",
+        postal_code="62704",
+        phone="2175550134",
+    )
+    assert engine.add(twin).euid == a
+    new = engine.unmerge(a, "portal|P2")
+    assert new != a
+    assert [m[0] for m in engine.members(a)] == ["ehr|A1"]
+    assert [m[0] for m in engine.members(new)] == ["portal|P2"]
+    assert engine.resolve(twin).euid == new
+    assert engine.resolve(replace(twin, record_id="P3")).euid == new  # via its identifier
+    assert engine.unmerge(new, "portal|P2") == new  # already alone
+    with pytest.raises(KeyError):
+        engine.unmerge(a, "nope|1")
+
+
+def test_resolution_to_dict_is_json(engine: MatchEngine, alice: PatientRecord) -> None:
+    engine.add(alice)
+    res = engine.resolve(replace(alice, record_id="A9", source="hie", identifiers=()))
+    data = json.loads(json.dumps(res.to_dict()))
+    assert data["band"] == AUTO_LINK and data["best_candidate"]["record_ref"] == "ehr|A1"
+    assert "Alice" not in json.dumps(data) and "Smith" not in json.dumps(data)  # no PHI

@@ -18,9 +18,7 @@ OLD_LETTERS = "abcdefghijklm"
 NEW_LETTERS = "nopqrstuvwxyz"
 
 
-def people(
-    letters: str, years: tuple[int, int], postcodes: tuple[int, int]
-) -> st.SearchStrategy[PatientRecord]:
+def people(letters: str, years: tuple[int, int], postcodes: tuple[int, int]) -> st.SearchStrategy[PatientRecord]:
     name = st.text(alphabet=letters, min_size=2, max_size=10)
     return st.builds(
         PatientRecord,
@@ -30,9 +28,7 @@ def people(
         given=name,
         birth_date=st.dates(date(years[0], 1, 1), date(years[1], 12, 31)).map(date.isoformat),
         sex=st.sampled_from(["male", "female", ""]),
-        address_line=st.one_of(
-            st.just(""), st.builds(lambda n, s: f"{n} {s} street", st.integers(1, 999), name)
-        ),
+        address_line=st.one_of(st.just(""), st.builds(lambda n, s: f"{n} {s} street", st.integers(1, 999), name)),
         city=st.one_of(st.just(""), name),
         postal_code=st.one_of(st.just(""), st.integers(*postcodes).map(str)),
         phone=st.just(""),
