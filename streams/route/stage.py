@@ -32,9 +32,8 @@ class RouteStage:
     denied: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @classmethod
-    def from_topology(
-        cls, topology: Topology, input_topic: str = IDENTIFIED, consent: MutableMapping[str, Any] | None = None
-    ) -> RouteStage:
+    def from_topology(cls, topology: Topology, input_topic: str = IDENTIFIED,
+                      consent: MutableMapping[str, Any] | None = None) -> RouteStage:
         keys = load_keys(topology)
         plans = [compile_destination(d, keys=keys) for d in topology.destinations]
         return cls(plans=plans, input_topics=(input_topic,), consent=consent if consent is not None else {})
@@ -51,14 +50,8 @@ class RouteStage:
             if not isinstance(decision, Delivered):
                 self.denied[(plan.name, decision.reason)] += 1
                 continue
-            hdrs = H.encode(
-                [
-                    (H.EVENT_ID, event["event_id"]),
-                    (H.SOURCE, event["source"]),
-                    (H.TRACEPARENT, trace),
-                    (H.RECEIVED_AT, event["received_at"]),
-                ]
-            )
+            hdrs = H.encode([(H.EVENT_ID, event["event_id"]), (H.SOURCE, event["source"]),
+                             (H.TRACEPARENT, trace), (H.RECEIVED_AT, event["received_at"])])
             outputs.append(Output(plan.topic, encode_event(decision.event), key, hdrs))
             outputs.append(Output(AUDIT, orjson.dumps(decision.disclosure), key, hdrs))
         if not outputs:
