@@ -259,7 +259,7 @@ def add_bench_route_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--seconds", type=float, default=3.0, help="measurement time (default 3)")
     p.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES, help="directory of FHIR Bundle JSON samples")
-    p.set_defaults(handler=bench_route_command)
+    p.set_defaults(handler=bench_route_command, func=bench_route_command)  # func: the clinstream CLI convention
     return p
 
 
