@@ -18,7 +18,15 @@ Outputs share unchanged sub-objects with the input event and with each other: se
 
 from streams.route.consent import ConsentDecision, ConsentState, evaluate, update_from_event
 from streams.route.errors import ConsentError, PreviewInputError, RouteError, RoutePolicyError, TriggerError
-from streams.route.plan import Delivered, Denied, DestinationPlan, RouteDecision, compile_destination, compile_topology
+from streams.route.plan import (
+    Delivered,
+    Denied,
+    DestinationPlan,
+    RouteDecision,
+    compile_destination,
+    compile_topology,
+    load_keys,
+)
 from streams.route.triggers import TriggeredTask, TriggerSet, compile_triggers
 
 __all__ = [
@@ -39,5 +47,6 @@ __all__ = [
     "compile_topology",
     "compile_triggers",
     "evaluate",
+    "load_keys",
     "update_from_event",
 ]

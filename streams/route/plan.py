@@ -14,6 +14,7 @@ patient), ``nothing-allowed``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ from streams.route.audit import DisclosureTemplate
 from streams.route.consent import ConsentState, evaluate, recipient_ids
 from streams.route.eventtypes import compile_event_types
 from streams.route.transforms import Transformer, compile_transforms
-from topology.model import DestinationSpec
+from topology.model import DestinationSpec, Topology
 
 
 # NamedTuples rather than frozen dataclasses: built once per event x destination, and cheaper to create.
@@ -95,14 +96,19 @@ class DestinationPlan:
     def apply(
         self,
         event: dict[str, Any],
-        consent: ConsentState | None = None,
+        consent: ConsentState | str | bytes | dict[str, Any] | None = None,
         *,
         at: datetime | None = None,
         recorded: str | None = None,
     ) -> RouteDecision:
-        """Decide and project one event for this destination. ``event`` is never modified."""
+        """Decide and project one event for this destination. ``event`` is never modified.
+
+        ``consent`` is the patient's ``ConsentState`` (or its ``to_json()`` str / ``to_dict()`` dict,
+        as stored in a table; keeping the object avoids re-parsing and keeps its decision memo)."""
         if not self._matches(event.get("event_type") or ""):
             return _DENIED_EVENT_TYPE
+        if consent is not None and type(consent) is not ConsentState:
+            consent = ConsentState.from_json(consent)
         tries = self._tries
         resources = [r for r in event.get("resources") or () if type(r) is dict and r.get("resourceType") in tries]
         if not resources:
@@ -171,6 +177,16 @@ def compile_destination(dest: DestinationSpec, *, keys: Mapping[str, bytes] | No
     tries = compile_allow(dest.allow)
     transformer = compile_transforms(dest, tries, keys)
     return DestinationPlan(dest, tries, transformer)
+
+
+def load_keys(topology: Topology, environ: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """The HMAC keys the topology's transforms name (``key_env``), read from the environment.
+
+    Only names that are set are returned; ``compile_destination`` then fails with a
+    ``RoutePolicyError`` naming any missing one (keys are never logged)."""
+    env = os.environ if environ is None else environ
+    names = {t.key_env for d in topology.destinations for t in d.transforms if t.key_env}
+    return {name: env[name].encode() for name in sorted(names) if env.get(name)}
 
 
 def compile_topology(

@@ -1,12 +1,17 @@
-"""The route stage shell: ``identified.events`` -> ``dest.<destination>`` + ``audit.disclosures``.
+"""The route stage shell: ``identified.events`` -> ``dest.<destination>``, ``audit.disclosures``, ``tasks.*``.
 
 For every destination the compiled plan decides (event-type filter, consent for
 the destination's purpose), projects to the allow-list and applies transforms;
 each delivery is recorded as a disclosure on ``audit.disclosures``. FHIR
-``Consent`` resources passing through update the patient's consent state
+``Consent`` resources passing through update the patient's consent state first
 (kept per EUID in an injected mapping: a Faust table in the worker, changelogged
-and co-partitioned with the EUID-keyed input; a dict in tests) before the event
-itself is routed, so a consent takes effect for everything after it.
+and co-partitioned with the EUID-keyed input; a dict in tests) and are published
+on the compacted ``consent.decisions``, so a consent takes effect for everything
+after it. Workflow triggers emit FHIR Tasks to ``tasks.<queue>``.
+
+Destination records are keyed by the *projected* EUID (a keyed pseudonym, or none
+for de-identified destinations): the real EUID as a Kafka key would itself be a
+disclosure. The audit record keeps the real EUID.
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
 from schemas import headers as H
 from schemas.envelope import decode_event, encode_event
-from streams.route.consent import ConsentState
-from streams.route.plan import Delivered, DestinationPlan, compile_topology
+from streams.route.consent import ConsentState, update_from_event
+from streams.route.plan import Delivered, DestinationPlan, compile_topology, load_keys
+from streams.route.triggers import TriggerSet, compile_triggers
 from streams.stage import InRecord, Outcome, Output
 from topology.model import AUDIT, CONSENT, IDENTIFIED, Topology
 
@@ -29,6 +34,7 @@ from topology.model import AUDIT, CONSENT, IDENTIFIED, Topology
 @dataclass
 class RouteStage:
     plans: Sequence[DestinationPlan]
+    triggers: TriggerSet | None = None
     input_topics: Sequence[str] = (IDENTIFIED,)
     consent: MutableMapping[str, str] = field(default_factory=dict)
     name: str = "route"
@@ -38,8 +44,10 @@ class RouteStage:
     @classmethod
     def from_topology(cls, topology: Topology, input_topic: str = IDENTIFIED,
                       consent: MutableMapping[str, str] | None = None) -> RouteStage:
-        plans = compile_topology(topology.destinations)
-        return cls(plans=plans, input_topics=(input_topic,), consent=consent if consent is not None else {})
+        plans = compile_topology(topology.destinations, keys=load_keys(topology))
+        triggers = compile_triggers(topology.triggers) if topology.triggers else None
+        return cls(plans=plans, triggers=triggers, input_topics=(input_topic,),
+                   consent=consent if consent is not None else {})
 
     def consent_state(self, euid: str | None) -> ConsentState | None:
         if not euid:
@@ -48,44 +56,46 @@ class RouteStage:
         if stored is None:
             return None
         cached = self._cache.get(euid)
-        if cached is not None and cached[0] is stored:
+        if cached is not None and cached[0] == stored:
             return cached[1]
         state = ConsentState.from_json(stored)
         self._cache[euid] = (stored, state)
         return state
 
-    def _update_consent(self, euid: str, consents: list[dict[str, Any]]) -> tuple[str, bytes]:
-        state = self.consent_state(euid) or ConsentState.from_consents(())
-        for resource in consents:
-            state = state.with_consent(resource)
-        stored = state.to_json()
-        self.consent[euid] = stored
-        self._cache[euid] = (stored, state)
-        return euid, stored.encode()
-
     def process(self, record: InRecord) -> Outcome:
         event = decode_event(record.value)
         euid = event["patient"].get("euid")
-        key = euid.encode() if euid else record.key
         outputs: list[Output] = []
-        consents = [r for r in event["resources"] if r.get("resourceType") == "Consent"]
-        if consents and euid:
-            _, state_bytes = self._update_consent(euid, consents)
-            outputs.append(Output(CONSENT, state_bytes, key, H.encode([(H.EVENT_ID, event["event_id"])])))
-        consent_state = self.consent_state(euid)
+        state = self.consent_state(euid)
+        if euid:
+            updated = update_from_event(state, event)  # ConsentError -> DLQ (raised to the shell)
+            if updated is not None:
+                stored = updated.to_json()
+                self.consent[euid] = stored
+                self._cache[euid] = (stored, updated)
+                state = updated
+                outputs.append(Output(CONSENT, stored.encode(), euid.encode(),
+                                      H.encode([(H.EVENT_ID, event["event_id"])])))
         hdrs = H.encode([
             (H.EVENT_ID, event["event_id"]),
             (H.SOURCE, event["source"]),
             (H.TRACEPARENT, record.headers.get(H.TRACEPARENT, "")),
             (H.RECEIVED_AT, event["received_at"]),
         ])
+        audit_key = euid.encode() if euid else record.key
         for plan in self.plans:
-            decision = plan.apply(event, consent_state)
+            decision = plan.apply(event, state)
             if not isinstance(decision, Delivered):
                 self.denied[(plan.name, decision.reason)] += 1
                 continue
-            outputs.append(Output(plan.topic, encode_event(decision.event), key, hdrs))
-            outputs.append(Output(AUDIT, orjson.dumps(decision.disclosure), key, hdrs))
+            projected_euid = decision.event["patient"].get("euid")
+            dest_key = projected_euid.encode() if projected_euid else None
+            outputs.append(Output(plan.topic, encode_event(decision.event), dest_key, hdrs))
+            outputs.append(Output(AUDIT, orjson.dumps(decision.disclosure), audit_key, hdrs))
+        if self.triggers is not None:
+            for task in self.triggers.evaluate(event):
+                outputs.append(Output(task.topic, orjson.dumps(task.task),
+                                      task.key.encode() if task.key else None, hdrs))
         if not outputs:
             return Outcome.drop("no-destination")
         return Outcome.forward(*outputs)

@@ -16,6 +16,7 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     assert result["source"] == "builtin" and result["destinations"] == 5
     assert result["events"] > 0 and result["events_per_s"] > 0
     assert result["destination_events_per_s"] >= result["events_per_s"] * 5 - 5
+    assert result["cpu_seconds"] > 0 and result["wall_events_per_s"] > 0
     assert 0 < result["delivered_per_event"] <= 5
 
     parser = argparse.ArgumentParser()

@@ -108,3 +108,30 @@ def test_demo_topology_compiles(tmp_path):
         out = p.apply(make_event([PATIENT, ENCOUNTER, OBSERVATION]))
         if isinstance(out, Delivered):
             orjson.dumps(out.event)
+
+
+def test_load_keys_and_stage_import(monkeypatch):
+    from pathlib import Path
+
+    from streams.route.plan import load_keys
+
+    topo = load_topology(Path(__file__).parents[3] / "topology/examples/workflows.yaml")
+    monkeypatch.delenv("ANALYTICS_PSEUDONYM_KEY", raising=False)
+    assert load_keys(topo) == {}
+    with pytest.raises(RoutePolicyError, match="ANALYTICS_PSEUDONYM_KEY"):
+        compile_destination(topo.destination("quality-analytics"), keys=load_keys(topo))
+    monkeypatch.setenv("ANALYTICS_PSEUDONYM_KEY", "k" * 32)
+    assert load_keys(topo) == {"ANALYTICS_PSEUDONYM_KEY": b"k" * 32}
+    compile_destination(topo.destination("quality-analytics"), keys=load_keys(topo))
+    import streams.route.stage  # noqa: F401  (the route agent shell imports load_keys from plan)
+
+
+def test_consent_may_be_passed_serialised(adt_event):
+    from streams.route import ConsentState
+
+    state = ConsentState.from_consents(
+        [{"resourceType": "Consent", "id": "c", "status": "active", "provision": {"type": "deny"}}]
+    )
+    p = plan(allow=["Patient.gender"])
+    assert p.apply(adt_event, state.to_json()) == Denied("consent-denied")
+    assert p.apply(adt_event, state.to_dict()) == Denied("consent-denied")
