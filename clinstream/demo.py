@@ -27,7 +27,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from topology.model import CANONICAL, Topology, load_topology
+from topology.broker import free_port
+from topology.model import CANONICAL, DEDUPED, IDENTIFIED, Topology, load_topology
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOPOLOGY = REPO / "topology" / "examples" / "demo.yaml"
@@ -54,23 +55,25 @@ def demo_feed(directory: Path, duplicates: int = 3) -> list[tuple[str, bytes]]:
 
 
 class TopicCounter:
-    """Records per topic, from high watermarks (cheap; no consumption)."""
+    """Records per topic, counted by reading them (the embedded broker's ListOffsets under-reports
+    the high watermark when the last batch holds several records, so watermarks cannot be used)."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "clinstream-demo-monitor"})
-        self._parts: dict[str, list[int]] = {}
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "clinstream-demo-monitor",
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+        md = self._consumer.list_topics(timeout=10)
+        self._consumer.assign([TopicPartition(t, p, 0) for t in topics if t in md.topics
+                               for p in md.topics[t].partitions])
+        self.counts: dict[str, int] = dict.fromkeys(topics, 0)
 
-    def count(self, topic: str) -> int:
-        if topic not in self._parts:
-            md = self._consumer.list_topics(topic, timeout=5)
-            if topic not in md.topics or md.topics[topic].error is not None:
-                return 0
-            self._parts[topic] = list(md.topics[topic].partitions)
-        total = 0
-        for p in self._parts[topic]:
-            lo, hi = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
-            total += hi - lo
-        return total
+    def poll(self) -> dict[str, int]:
+        while True:
+            batch = self._consumer.consume(5000, 0.05)
+            for msg in batch:
+                if msg.error() is None:
+                    self.counts[msg.topic()] = self.counts.get(msg.topic(), 0) + 1
+            if not batch:
+                return dict(self.counts)
 
     def close(self) -> None:
         self._consumer.close()
@@ -92,11 +95,12 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 p.kill()
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path, stdout_pipe: bool = False) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], env: dict[str, str], log: Path, stdout_pipe: bool = False,
+           ops_port: int = 0) -> subprocess.Popen[bytes]:
     logf = log.open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "clinstream.cli", *args],
-        env=env,
+        env={**env, "CLINSTREAM_OPS_PORT": str(ops_port)},
         stdout=subprocess.PIPE if stdout_pipe else logf,
         stderr=logf,
         cwd=REPO,
@@ -184,17 +188,21 @@ def run_demo(args: argparse.Namespace) -> int:
         ensure_topics(topo, AdminClient(settings.librdkafka()))
         kind = "cluster" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "embedded in-memory broker"
         console.print(f"[bold]clinstream demo[/] on {bootstrap} ({kind})")
+        ops: dict[str, int] = {"source": free_port(), "worker": free_port()}
         with processes() as procs:
-            source = _spawn(["run", "source", "--topology", str(topo_file)], env, workdir / "source.log", True)
+            source = _spawn(["run", "source", "--topology", str(topo_file)], env, workdir / "source.log", True,
+                            ops_port=ops["source"])
             procs.append(source)
             procs.append(_spawn(["run", "worker", "--topology", str(topo_file), "--data-dir",
                                  str(workdir / "worker"), "--app-id", f"clinstream-demo-{int(time.time())}"],
-                                env, workdir / "worker.log"))
+                                env, workdir / "worker.log", ops_port=ops["worker"]))
             for d in topo.destinations:
                 if d.sink is not None:
+                    ops[f"sink {d.name}"] = free_port()
                     procs.append(_spawn(["run", "sink", "--topology", str(topo_file), "--destination", d.name,
                                          "--group-id", f"clinstream-demo-sink-{d.name}-{int(time.time())}"],
-                                        env, workdir / f"sink-{d.name}.log"))
+                                        env, workdir / f"sink-{d.name}.log", ops_port=ops[f"sink {d.name}"]))
+            console.print("metrics: " + ", ".join(f"{k} http://127.0.0.1:{p}/metrics" for k, p in ops.items()))
             assert source.stdout is not None
             line = source.stdout.readline().decode()
             if not line.startswith("{"):
@@ -207,6 +215,7 @@ def run_demo(args: argparse.Namespace) -> int:
             codes = asyncio.run(_send_feed(port, feed))
             summary = _watch(console, topo, bootstrap, env, expect_raw=codes.get("AA", 0), procs=procs)
             _print_summary(console, topo, codes, summary, len(feed))
+            _print_live_metrics(console, ops["worker"])
             ok = codes.get("AA", 0) == len(feed) - 1 and codes.get("AR", 0) == 1 and summary["complete"]
             if args.keep_running:
                 console.print(f"[bold]still serving[/]: MLLP on 127.0.0.1:{port}, "
@@ -219,9 +228,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _watch(console: Console, topo: Topology, bootstrap: str, env: dict[str, str], expect_raw: int,
            procs: list[subprocess.Popen[bytes]], timeout_s: float = 180.0) -> dict[str, Any]:
-    counter = TopicCounter(bootstrap)
-    stages = [*topo.raw_topics(), CANONICAL, *[d.topic for d in topo.destinations],
-              "dlq.ingest", "dlq.normalize", "dlq.route", "audit.disclosures"]
+    stages = [*topo.raw_topics(), CANONICAL, DEDUPED, IDENTIFIED, *[d.topic for d in topo.destinations],
+              "dlq.ingest", "dlq.normalize", "dlq.dedupe", "dlq.identity", "dlq.route", "audit.disclosures"]
+    counter = TopicCounter(bootstrap, stages)
     deadline = time.monotonic() + timeout_s
     stable_since: float | None = None
     last: tuple[Any, ...] = ()
@@ -230,7 +239,7 @@ def _watch(console: Console, topo: Topology, bootstrap: str, env: dict[str, str]
     try:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while time.monotonic() < deadline:
-                counts = {t: counter.count(t) for t in stages}
+                counts = counter.poll()
                 delivered = {d.name: _delivered(d, env) for d in topo.destinations}
                 table = Table(title="clinstream: records per stage (live)")
                 table.add_column("topic / sink")
@@ -262,6 +271,35 @@ def _watch(console: Console, topo: Topology, bootstrap: str, env: dict[str, str]
     return {"counts": counts, "delivered": delivered, "complete": complete}
 
 
+def _print_live_metrics(console: Console, port: int) -> None:
+    """A few figures scraped from the worker's own /metrics endpoint (proof it is live)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        console.print(f"[yellow]worker /metrics not reachable: {exc}[/]")
+        return
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("clinstream_stage_records_in_total", "clinstream_stage_records_dropped_total",
+                               "clinstream_mpi_decisions_total", "clinstream_disclosures_total"):
+                label = sample.labels.get("stage") or sample.labels.get("band") or sample.labels.get("destination")
+                reason = sample.labels.get("reason")
+                key = f"{sample.name}{{{label}{', ' + reason if reason else ''}}}"
+                totals[key] = totals.get(key, 0) + sample.value
+    t = Table(title=f"live worker metrics (http://127.0.0.1:{port}/metrics)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in sorted(totals.items()):
+        t.add_row(k, f"{v:.0f}")
+    console.print(t)
+
+
 def _print_summary(console: Console, topo: Topology, codes: dict[str, int], summary: dict[str, Any],
                    sent: int) -> None:
     counts, delivered = summary["counts"], summary["delivered"]
@@ -273,7 +311,10 @@ def _print_summary(console: Console, topo: Topology, codes: dict[str, int], summ
     t.add_row("received (persisted to Kafka, ACK AA)", str(codes.get("AA", 0)), ", ".join(topo.raw_topics()))
     t.add_row("rejected (ACK AR/AE)", str(codes.get("AR", 0) + codes.get("AE", 0)), "dlq.ingest")
     t.add_row("normalized to FHIR R4", str(counts.get(CANONICAL, 0)), CANONICAL)
-    t.add_row("DLQ (normalize)", str(counts.get("dlq.normalize", 0)), "dlq.normalize")
+    t.add_row("after dedupe (duplicates dropped)", str(counts.get(DEDUPED, 0)), DEDUPED)
+    t.add_row("identified (EUID assigned)", str(counts.get(IDENTIFIED, 0)), IDENTIFIED)
+    t.add_row("DLQ (normalize/dedupe/identity/route)",
+              str(sum(counts.get(f"dlq.{s}", 0) for s in ("normalize", "dedupe", "identity", "route"))), "dlq.*")
     for d in topo.destinations:
         where = ""
         if d.sink is not None:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ import faust
 from faust.streams import _current_event
 
 from schemas import headers as H
+from schemas import metrics
 from streams.stage import InRecord, Outcome, Output
 from topology.model import Topology
 from topology.settings import KafkaSettings
@@ -36,16 +36,6 @@ class Stage(Protocol):
     def process(self, record: InRecord) -> Outcome: ...
 
 
-class StageStats:
-    """In-process counters per stage (exported as Prometheus metrics when available)."""
-
-    def __init__(self) -> None:
-        self.records_in: Counter[str] = Counter()
-        self.records_out: Counter[str] = Counter()
-        self.dropped: Counter[tuple[str, str]] = Counter()
-        self.dlq: Counter[tuple[str, str]] = Counter()
-
-
 def build_app(
     topology: Topology,
     settings: KafkaSettings,
@@ -57,7 +47,7 @@ def build_app(
     batch_size: int = 500,
     batch_within_s: float = 0.01,
     web_port: int | None = None,
-) -> tuple[faust.App, StageStats]:
+) -> faust.App:
     app = faust.App(
         app_id,
         **settings.faust_broker_kwargs(),
@@ -78,16 +68,16 @@ def build_app(
         web_port=web_port or 6066,
         web_bind="0.0.0.0",  # probes and scrapes come from the pod network
     )
-    stats = StageStats()
     for stage in stages(app):
-        _register(app, stage, stats, batch_size, batch_within_s)
-    return app, stats
+        _register(app, stage, batch_size, batch_within_s)
+    return app
 
 
-def _register(app: faust.App, stage: Stage, stats: StageStats, batch_size: int, within: float) -> None:
+def _register(app: faust.App, stage: Stage, batch_size: int, within: float) -> None:
     topic = app.topic(*stage.input_topics, key_type=bytes, value_type=bytes, value_serializer="raw",
                       key_serializer="raw")
     dlq_topic = f"dlq.{stage.name}"
+    m = metrics.stage(stage.name)
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(batch_size, within=within):
@@ -107,20 +97,22 @@ def _register(app: faust.App, stage: Stage, stats: StageStats, batch_size: int, 
                     headers=H.as_dict(msg.headers),
                     timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
                 )
-                stats.records_in[stage.name] += 1
+                m.records_in(record.headers.get(H.SOURCE, "-"))
+                t0 = time.perf_counter()
                 try:
                     outcome = stage.process(record)
                 except Exception as exc:  # never let one record crash the worker: dead-letter it
                     log.warning("%s: %s at %s[%d]@%d", stage.name, type(exc).__name__, msg.topic,
                                 msg.partition, msg.offset)
                     outcome = Outcome.dead_letter(exc)
+                m.observe_seconds(time.perf_counter() - t0)
                 for out in outcome.outputs:
                     pending.append(await _send(app, out))
-                    stats.records_out[stage.name] += 1
+                    m.records_out(out.topic)
                 if outcome.dropped:
-                    stats.dropped[(stage.name, outcome.dropped)] += 1
+                    m.dropped(outcome.dropped)
                 if outcome.error is not None:
-                    stats.dlq[(stage.name, type(outcome.error).__name__)] += 1
+                    m.dlq(type(outcome.error).__name__)
                     pending.append(await _send(app, _dead_letter(stage.name, dlq_topic, record, outcome.error)))
             if pending:
                 await asyncio.gather(*pending)

@@ -14,44 +14,32 @@ class TopicNotFound(RuntimeError):
     """The topic does not exist on the cluster."""
 
 
-def read_topic(settings: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> Iterator[Message]:
+def read_topic(settings: KafkaSettings, topic: str, *, timeout_s: float = 10.0,
+               idle_s: float = 1.5) -> Iterator[Message]:
     """Yield every record currently on ``topic`` (all partitions), then stop.
 
     Uses manual assignment and no group commits, so reading never disturbs a
-    consumer group; the end is the high watermark seen when reading starts.
+    consumer group. The end is "nothing more arrived for ``idle_s``" rather than
+    the high watermark: some brokers (the embedded one) under-report it.
     """
     consumer = Consumer(settings.librdkafka(**{
         "group.id": f"clinstream-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 100,
     }))
     try:
         md = consumer.list_topics(topic, timeout=timeout_s)
         meta = md.topics.get(topic)
         if meta is None or meta.error is not None:
             raise TopicNotFound(f"topic {topic!r} does not exist")
-        ends: dict[int, int] = {}
-        for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                ends[p] = high
-        if not ends:
-            return
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        remaining = dict(ends)
-        while remaining:
-            batch = consumer.consume(1000, timeout_s)
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        while True:
+            batch = consumer.consume(1000, idle_s)
             if not batch:
-                break
+                return
             for msg in batch:
-                if msg.error() is not None:
-                    continue
-                end = remaining.get(msg.partition())
-                if end is None:
-                    continue
-                yield msg
-                if msg.offset() + 1 >= end:
-                    del remaining[msg.partition()]
+                if msg.error() is None:
+                    yield msg
     finally:
         consumer.close()

@@ -20,7 +20,9 @@ from streams.identity.model import default_model, load_model
 from streams.identity.stage import IdentityStage
 from streams.normalize.stage import NormalizeStage
 from streams.route.stage import RouteStage
-from topology.model import Topology
+from topology.health import HealthServer, OpsSettings, broker_check
+from topology.lag import LagMonitor
+from topology.model import CANONICAL, DEDUPED, IDENTIFIED, MPI_REVIEW, Topology
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,26 @@ def run_worker(
     def stages(app: faust.App) -> Sequence[Stage]:
         return stages_for(app, topology, mpi_model=mpi_model)
 
-    app, _stats = build_app(topology, settings, stages, app_id=app_id, data_dir=data_dir, web_port=web_port,
-                            store=store)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    app = build_app(topology, settings, stages, app_id=app_id, data_dir=data_dir, web_port=web_port, store=store)
+    health = HealthServer.from_settings(OpsSettings(), {"broker": broker_check(settings.librdkafka())})
+    health.set_ready("agents", False)
+
+    @app.task
+    async def _agents_started() -> None:
+        health.set_ready("agents", True)
+
+    inputs = sorted({t for stage in stages_for_topics(topology) for t in stage})
+    lag = LagMonitor(settings, app_id, inputs)
+    health.start()
+    lag.start()
+    try:
+        worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        lag.stop()
+        health.stop()
+
+
+def stages_for_topics(topology: Topology) -> list[list[str]]:
+    """The input topics of every stage (for lag monitoring), without building the stages."""
+    return [topology.raw_topics(), [CANONICAL], [DEDUPED, MPI_REVIEW], [IDENTIFIED]]

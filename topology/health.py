@@ -182,3 +182,25 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         # Probes hit these endpoints every few seconds; access logs would drown real logs.
         log.debug("%s " + format, self.address_string(), *args)
+
+
+def broker_check(bootstrap_conf: dict[str, object], cache_s: float = 5.0) -> Check:
+    """A readiness check that the cluster answers metadata (cached so probes stay cheap)."""
+    import time
+
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**bootstrap_conf, "socket.timeout.ms": 2000})
+    state = {"at": 0.0, "ok": False}
+
+    def check() -> bool:
+        now = time.monotonic()
+        if now - state["at"] > cache_s:
+            try:
+                state["ok"] = bool(admin.list_topics(timeout=2).brokers)
+            except Exception:
+                state["ok"] = False
+            state["at"] = now
+        return bool(state["ok"])
+
+    return check

@@ -9,9 +9,8 @@ its first copy), a dict in tests.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from schemas import headers as H
 from schemas.envelope import decode_event, encode_event
@@ -30,12 +29,10 @@ class DedupeStage:
     output_topic: str = DEDUPED
     name: str = "dedupe"
     clock: Callable[[], float] = time.time
-    counts: Counter[str] = field(default_factory=Counter)
 
     def process(self, record: InRecord) -> Outcome:
         event = decode_event(record.value)
         decision = decide(event, self.seen, self.clock(), self.window_s)
-        self.counts[decision.reason] += 1
         if decision.action == "drop":
             return Outcome.drop(decision.reason)
         event["lineage"]["stages"] = [*event["lineage"]["stages"], "dedupe"]

@@ -22,14 +22,14 @@ every later event for the old identifiers is keyed by the survivor, and a
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from schemas import headers as H
+from schemas import metrics
 from schemas.envelope import decode_event, encode_event, utc_now_iso
 from streams.identity.engine import AUTO_LINK, REVIEW, KeyValueStore, MatchEngine, MemoryStore, Resolution
 from streams.identity.model import default_model
@@ -68,7 +68,6 @@ class IdentityStage:
     input_topics: Sequence[str] = (DEDUPED, MPI_REVIEW)
     output_topic: str = IDENTIFIED
     name: str = "identity"
-    bands: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def with_store(cls, store: KeyValueStore | None = None, **kwargs: Any) -> IdentityStage:
@@ -103,7 +102,7 @@ class IdentityStage:
         resolution = self.engine.add(rec)
         assert resolution.euid is not None
         euid = self.canonical(resolution.euid)
-        self.bands[resolution.band] += 1
+        metrics.mpi_decision(resolution.band)
         key = euid.encode()
         outputs: list[Output] = []
         now = utc_now_iso()

@@ -16,13 +16,13 @@ disclosure. The audit record keeps the real EUID.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
 from schemas import headers as H
+from schemas import metrics
 from schemas.envelope import decode_event, encode_event
 from streams.route.consent import ConsentState, update_from_event
 from streams.route.plan import Delivered, DestinationPlan, compile_topology, load_keys
@@ -38,7 +38,6 @@ class RouteStage:
     input_topics: Sequence[str] = (IDENTIFIED,)
     consent: MutableMapping[str, str] = field(default_factory=dict)
     name: str = "route"
-    denied: Counter[tuple[str, str]] = field(default_factory=Counter)
     _cache: dict[str, tuple[str, ConsentState]] = field(default_factory=dict)
 
     @classmethod
@@ -86,8 +85,10 @@ class RouteStage:
         for plan in self.plans:
             decision = plan.apply(event, state)
             if not isinstance(decision, Delivered):
-                self.denied[(plan.name, decision.reason)] += 1
+                if decision.reason.startswith(("consent", "no-consent")):
+                    metrics.consent_denied(plan.name, decision.reason)
                 continue
+            metrics.disclosure(plan.name, plan.purpose)
             projected_euid = decision.event["patient"].get("euid")
             dest_key = projected_euid.encode() if projected_euid else None
             outputs.append(Output(plan.topic, encode_event(decision.event), dest_key, hdrs))

@@ -80,7 +80,8 @@ class Pipeline:
         self.topology_path.write_text(yaml.safe_dump(self.topology))
         topo = load_topology(self.topology_path)
         ensure_topics(topo, AdminClient({"bootstrap.servers": self.bootstrap}))
-        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "PYTHONUNBUFFERED": "1",
+                    "CLINSTREAM_OPS_PORT": "0"}
 
     @property
     def source_name(self) -> str:

@@ -37,14 +37,13 @@ def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout_s: f
         out: list[Message] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            batch = consumer.consume(1000, 0.5)
+            batch = consumer.consume(1000, 1.5 if expect is None else 0.5)
             out.extend(m for m in batch if m.error() is None)
             if expect is not None and len(out) >= expect:
                 break
             if expect is None and not batch:
-                highs = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts]
-                if sum(highs) <= len(out):
-                    break
+                # idle: the embedded broker under-reports high watermarks, so "nothing more came" is the end
+                break
         return out
     finally:
         consumer.close()

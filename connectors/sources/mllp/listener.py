@@ -25,6 +25,7 @@ from connectors.sources.base import parse_options, register_source
 from connectors.sources.mllp.framing import Frame, Junk, MllpDecoder, OversizeFrame, frame
 from connectors.sources.producer import DeliveryError, DurableProducer
 from schemas import headers as H
+from schemas import metrics
 from schemas.envelope import event_id_for, utc_now_iso
 from schemas.hl7v2.ack import AckError, build_ack
 from schemas.hl7v2.errors import Hl7ParseError
@@ -111,6 +112,7 @@ class MllpListener:
         self._slots = asyncio.Semaphore(options.max_connections)
         self._conn_tasks: set[asyncio.Task[None]] = set()
         self.stats = MllpStats()
+        self.metrics = metrics.source(name)
         self._source_header = H.encode([(H.SOURCE, name)])
 
     @property
@@ -172,6 +174,7 @@ class MllpListener:
         async with self._slots:
             self.stats.connections += 1
             self.stats.connections_total += 1
+            self.metrics.connection_opened()
             peer = writer.get_extra_info("peername")
             try:
                 await self._serve(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
@@ -179,6 +182,7 @@ class MllpListener:
                 pass
             finally:
                 self.stats.connections -= 1
+                self.metrics.connection_closed()
                 self._conn_tasks.discard(task)
                 writer.close()
                 try:
@@ -230,11 +234,14 @@ class MllpListener:
             await self._producer.send(self.topic, payload, key=patient_key(payload), headers=hdrs)
         except DeliveryError as exc:
             log.error("MLLP source %s: not persisted (%s); answering AE so the sender resends", self.name, exc)
+            self.metrics.record("not-persisted")
             return self._ack(header, "AE", AckError(code=207, text="message could not be persisted; resend"))
+        self.metrics.accepted(len(payload))
         return self._ack(header, "AA")
 
     def _ack(self, header: MshHeader | None, code: str, error: AckError | None = None) -> bytes:
         self.stats.acked[code] = self.stats.acked.get(code, 0) + 1
+        self.metrics.ack(code)
         return build_ack(header, code, error=error)  # type: ignore[arg-type]
 
     async def _to_dlq(
@@ -257,6 +264,7 @@ class MllpListener:
         try:
             await self._producer.send(DLQ_INGEST, payload, headers=hdrs)
             self.stats.dlq += 1
+            self.metrics.rejected()
         except DeliveryError:
             log.error("MLLP source %s: could not write rejected message to %s", self.name, DLQ_INGEST)
 
