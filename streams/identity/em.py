@@ -16,16 +16,17 @@ computing the vectors.
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
 
 from streams.identity.blocking import blocking_keys
-from streams.identity.comparisons import COMPARISONS, comparison_vector, features
+from streams.identity.comparisons import COMPARISONS, F_FAMILY, F_GIVEN, comparison_vector, features
 from streams.identity.model import ComparisonParams, MatchModel, default_model
 from streams.identity.record import PatientRecord
 
@@ -125,6 +126,29 @@ def expectation_maximisation(
     return m, u, lam, it
 
 
+TF_COMPARISONS = {"given": F_GIVEN, "family": F_FAMILY}  # comparison → feature position (exact = level 1)
+
+
+def term_frequency_adjustments(
+    feats: Sequence[Sequence[str]], u: list[list[float]], max_values: int = 20_000
+) -> dict[str, dict[str, float]]:
+    """log2(u_exact / frequency) for values more frequent than the exact level's ``u``."""
+    names = [c.name for c in COMPARISONS]
+    out: dict[str, dict[str, float]] = {}
+    for name, pos in TF_COMPARISONS.items():
+        counts = Counter(f[pos] for f in feats if f[pos])
+        total = sum(counts.values())
+        u_exact = u[names.index(name)][1]
+        adj: dict[str, float] = {}
+        for value, count in counts.most_common(max_values):
+            freq = count / total
+            if freq <= u_exact or count < 3:
+                break
+            adj[value] = round(math.log2(u_exact / freq), 4)
+        out[name] = adj
+    return out
+
+
 def train(
     records: Sequence[PatientRecord],
     *,
@@ -162,6 +186,7 @@ def train(
     return MatchModel(
         params,
         prior,
+        tf_adjustments=term_frequency_adjustments(feats, u_random),
         version=version or f"em-{trained_at}",
         metadata={
             "trained": True,

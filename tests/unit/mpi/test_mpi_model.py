@@ -152,3 +152,38 @@ def test_train_learns_useful_weights_without_labels() -> None:
     assert dob.m[1] == pytest.approx(0.8, abs=0.1)
     # λ: about 200 matching pairs out of 800*799/2.
     assert model.prior == pytest.approx(200 / (800 * 799 / 2), rel=0.5)
+
+
+def test_term_frequency_adjustments_lower_common_names_only() -> None:
+    from streams.identity.comparisons import features
+    from streams.identity.em import term_frequency_adjustments
+
+    def unique_name(i: int) -> str:
+        return "rare" + chr(97 + i % 26) + chr(97 + i // 26)
+
+    recs = [PatientRecord(str(i), "s", given="john" if i % 2 else unique_name(i)) for i in range(200)]
+    u = [list(c.u) for c in default_model().comparisons]
+    adj = term_frequency_adjustments([features(r) for r in recs], u)
+    assert set(adj) == {"given", "family"}
+    assert adj["given"]["john"] < 0  # half the population: weak evidence
+    assert all(not k.startswith("rare") for k in adj["given"])  # rare names are never boosted
+
+
+def test_tf_adjustments_round_trip_and_change_scores(tmp_path: Path) -> None:
+    from streams.identity.comparisons import features
+    from streams.identity.engine import MatchEngine
+
+    model = default_model()
+    model.tf_adjustments = {"given": {"john": -4.0}, "family": {}}
+    path = tmp_path / "m.json"
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.tf_adjustments == {"given": {"john": -4.0}, "family": {}}
+    plain = MatchEngine(default_model())
+    tf = MatchEngine(loaded)
+    john = features(PatientRecord("1", "s", given="John", family="Doe", birth_date="1970-01-01"))
+    jane = features(PatientRecord("1", "s", given="Jane", family="Doe", birth_date="1970-01-01"))
+    assert tf.pair_weight(john, john) == pytest.approx(plain.pair_weight(john, john) - 4.0)
+    assert tf.pair_weight(jane, jane) == pytest.approx(plain.pair_weight(jane, jane))
+    with pytest.raises(ValueError, match="unknown"):
+        MatchModel.from_dict({**loaded.to_dict(), "tf_adjustments": {"shoe_size": {}}})
