@@ -240,7 +240,7 @@ class MatchEngine:
             hits = {self.current_euid(h) for h in hits}
         if len(hits) == 1:
             euid = hits.pop()
-            return Resolution(AUTO_LINK, euid, None, 1.0, True, ("identifier",))
+            return self._identifier_link(feats, euid)
         if len(hits) > 1:
             # Two entities claim this record's identifiers: a potential duplicate for a human.
             best = sorted(hits)[0]
@@ -280,6 +280,26 @@ class MatchEngine:
         if len(ranked) > 1 and self.model.probability(ranked[1][1][0]) >= self.thresholds.auto_link:
             reasons.append("also-matches:" + ranked[1][0])  # index holds a likely duplicate
         return Resolution(band, euid if band == AUTO_LINK else None, cand, prob, False, tuple(reasons), len(scored))
+
+    def _identifier_link(self, feats: list[str], euid: str) -> Resolution:
+        """An assigning authority's identifier is authoritative, but a record whose
+        demographics contradict its entity (MRN reuse, wrong-patient registration) is
+        flagged in the reasons so the agent can raise a data-quality task.
+        """
+        best: Candidate | None = None
+        table = self._query_table(feats)
+        for member in self.store.get("e:" + euid) or ():
+            total = self._prior
+            for f, w in zip(_FUNCS, table, strict=True):
+                total += w[f(feats, member)]
+            if best is None or total > best.match_weight:
+                best = Candidate(euid, member[F_REF], total, self.model.probability(total))
+        reasons: tuple[str, ...] = ("identifier",)
+        # The identifier already settles the prior, so judge the demographics by their Bayes
+        # factor alone: below 1 (log2 < 0) they argue for two different people.
+        if best is not None and best.match_weight - self._prior < 0:
+            reasons = ("identifier", "identifier-demographics-disagree")
+        return Resolution(AUTO_LINK, euid, best, 1.0, True, reasons)
 
     def _strong_id_support(self, feats: list[str], euid: str) -> float:
         """Best demographic weight (SSN excluded) of the entity holding the same strong id."""
