@@ -157,8 +157,17 @@ def train(
     iterations: int = 40,
     version: str | None = None,
     cross: Sequence[int] | None = None,
+    max_candidate_pairs: int = 2_000_000,
+    min_expected_matches: float = 20.0,
 ) -> MatchModel:
-    """Estimate a :class:`MatchModel` from unlabelled records (no training labels needed)."""
+    """Estimate a :class:`MatchModel` from unlabelled records (no training labels needed).
+
+    ``cross``: dataset label per record for linkage (pairs within one dataset are not
+    candidates). Above ``max_candidate_pairs`` EM runs on a uniform sample of the candidate
+    pairs (λ is a proportion, so the sample estimates it without bias). When EM finds fewer
+    than ``min_expected_matches`` matches — a clean register has almost no duplicates — the
+    m values cannot be learnt from it and the documented defaults are kept.
+    """
     started = time.perf_counter()
     feats = [features(r) for r in records]
     n = len(feats)
@@ -166,13 +175,21 @@ def train(
         raise ValueError("need at least two records to train")
     u_random = level_frequencies(comparison_matrix(feats, random_pairs(n, max_random_pairs, seed)))
     cand = sorted(blocked_pairs(feats, cross=cross))
+    n_cand = len(cand)
+    if n_cand > max_candidate_pairs:
+        cand = random.Random(seed).sample(cand, max_candidate_pairs)
     matrix = comparison_matrix(feats, cand)
     start = default_model()
     m0 = [list(c.m) for c in start.comparisons]
-    if len(cand) == 0:
+    m_source = "em"
+    if not cand:
         m, lam_c, its = m0, 0.0, 0
     else:
         m, _u_blocked, lam_c, its = expectation_maximisation(matrix, m0, u_random, 0.1, iterations=iterations)
+    expected = lam_c * n_cand
+    if expected < min_expected_matches:
+        m, m_source = m0, "default (too few matches for EM)"
+        expected = max(expected, 1.0)
     if cross is None:
         total_pairs = n * (n - 1) / 2
     else:
@@ -180,7 +197,7 @@ def train(
         for label in cross:
             sizes[label] += 1
         total_pairs = sum(sizes[a] * sizes[b] for a in sizes for b in sizes if a < b) or 1.0
-    prior = max(lam_c * len(cand) / total_pairs, 1e-12)
+    prior = max(expected / total_pairs, 1e-12)
     params = [ComparisonParams(comp.name, comp.levels, m[k], u_random[k]) for k, comp in enumerate(COMPARISONS)]
     trained_at = datetime.now(UTC).replace(microsecond=0).isoformat()
     return MatchModel(
@@ -194,9 +211,11 @@ def train(
             "method": "u: random pairs; m, lambda: EM over blocked candidate pairs",
             "records": n,
             "random_pairs": min(n * (n - 1) // 2, max_random_pairs),
-            "candidate_pairs": len(cand),
+            "candidate_pairs": n_cand,
+            "em_pairs": len(cand),
             "em_iterations": its,
-            "expected_matches": round(lam_c * len(cand), 1),
+            "m_source": m_source,
+            "expected_matches": round(expected, 1),
             "seconds": round(time.perf_counter() - started, 3),
         },
     )

@@ -187,3 +187,18 @@ def test_tf_adjustments_round_trip_and_change_scores(tmp_path: Path) -> None:
     assert tf.pair_weight(jane, jane) == pytest.approx(plain.pair_weight(jane, jane))
     with pytest.raises(ValueError, match="unknown"):
         MatchModel.from_dict({**loaded.to_dict(), "tf_adjustments": {"shoe_size": {}}})
+
+
+def test_train_on_a_clean_register_keeps_default_m() -> None:
+    model = train(_people(300, 9), max_random_pairs=20_000)
+    assert model.metadata["m_source"].startswith("default")
+    assert [c.m for c in model.comparisons] == [c.m for c in default_model().comparisons]
+    assert 0 < model.prior < 1e-3
+
+
+def test_train_samples_candidate_pairs_above_the_cap() -> None:
+    people = _people(400, 4)
+    dups = [replace(p, record_id=p.record_id + "d") for p in people[:150]]
+    model = train([*people, *dups], max_random_pairs=20_000, max_candidate_pairs=100)
+    assert model.metadata["em_pairs"] == 100 < model.metadata["candidate_pairs"]
+    assert model.metadata["m_source"] == "em"
