@@ -163,6 +163,9 @@ def compare_dob(a: Features, b: Features) -> int:
     x, y = a[F_DOB], b[F_DOB]
     if not x or not y:
         return 0
+    if x.endswith("00") or y.endswith("00"):
+        # A partial date (unknown day or month) can only ever agree on the year.
+        return 5 if x[:4] == y[:4] else 6
     if x == y:
         return 1
     if x[:4] == y[:4] and x[4:6] == y[6:8] and x[6:8] == y[4:6]:

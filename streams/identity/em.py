@@ -11,32 +11,32 @@
 3. λ (probability two random records match) = expected matches among candidates / all pairs.
 
 EM runs on the distinct comparison vectors with their counts, so it costs nothing next to
-computing the vectors.
+computing the vectors (and needs no numpy: training is part of the runtime package).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
-import numpy as np
-
 from streams.identity.blocking import blocking_keys
-from streams.identity.comparisons import COMPARISONS, comparison_vector, features
+from streams.identity.comparisons import COMPARISONS, F_FAMILY, F_GIVEN, comparison_vector, features
 from streams.identity.model import ComparisonParams, MatchModel, default_model
 from streams.identity.record import PatientRecord
 
 _N_LEVELS = [len(c.levels) for c in COMPARISONS]
 
 
-def comparison_matrix(feats: Sequence[Sequence[str]], pairs: Iterable[tuple[int, int]]) -> np.ndarray:
-    rows = [comparison_vector(feats[i], feats[j]) for i, j in pairs]
-    if not rows:
-        return np.zeros((0, len(COMPARISONS)), dtype=np.int8)
-    return np.asarray(rows, dtype=np.int8)
+Pattern = tuple[int, ...]
+
+
+def comparison_patterns(feats: Sequence[Sequence[str]], pairs: Iterable[tuple[int, int]]) -> Counter[Pattern]:
+    """Distinct comparison vectors of the given pairs with their counts."""
+    return Counter(comparison_vector(feats[i], feats[j]) for i, j in pairs)
 
 
 def random_pairs(n: int, max_pairs: int, seed: int) -> list[tuple[int, int]]:
@@ -77,20 +77,22 @@ def blocked_pairs(
     return pairs
 
 
-def level_frequencies(matrix: np.ndarray, weights: np.ndarray | None = None, alpha: float = 0.5) -> list[list[float]]:
-    """P(level) per comparison among non-null observations, with a small pseudocount."""
+def level_frequencies(patterns: Mapping[Pattern, float], alpha: float = 0.5) -> list[list[float]]:
+    """P(level) per comparison among non-null observations (weighted), with a pseudocount."""
+    sums = [[0.0] * n for n in _N_LEVELS]
+    for pattern, weight in patterns.items():
+        for c, level in enumerate(pattern):
+            sums[c][level] += weight
     out: list[list[float]] = []
-    for c, n_levels in enumerate(_N_LEVELS):
-        col = matrix[:, c]
-        counts = np.bincount(col, weights=weights, minlength=n_levels).astype(float)
-        counts[0] = 0.0
-        counts[1:] += alpha
-        out.append([0.0, *(counts[1:] / counts[1:].sum()).tolist()])
+    for row in sums:
+        counts = [x + alpha for x in row[1:]]
+        total = sum(counts)
+        out.append([0.0, *(x / total for x in counts)])
     return out
 
 
 def expectation_maximisation(
-    matrix: np.ndarray,
+    patterns: Mapping[Pattern, int],
     m0: list[list[float]],
     u0: list[list[float]],
     prior0: float,
@@ -99,30 +101,56 @@ def expectation_maximisation(
     tol: float = 1e-6,
     alpha: float = 0.5,
 ) -> tuple[list[list[float]], list[list[float]], float, int]:
-    """Two-class EM over comparison vectors; returns (m, u, λ within candidates, iterations)."""
-    patterns, counts = np.unique(matrix, axis=0, return_counts=True)
-    counts = counts.astype(float)
+    """Two-class EM over comparison-vector counts; returns (m, u, λ within candidates, iterations)."""
+    items = list(patterns.items())
+    total = float(sum(count for _, count in items)) or 1.0
     m, u, lam = [list(x) for x in m0], [list(x) for x in u0], prior0
     it = 0
     for it in range(1, iterations + 1):  # noqa: B007 - the count is returned
-        log_ratio = np.full(len(patterns), np.log(lam / (1 - lam)))
-        for c in range(len(_N_LEVELS)):
-            mc = np.asarray(m[c])
-            uc = np.asarray(u[c])
-            mc[0] = uc[0] = 1.0  # null level: no evidence
-            log_ratio += np.log(np.maximum(mc, 1e-12))[patterns[:, c]] - np.log(np.maximum(uc, 1e-12))[patterns[:, c]]
-        post = 1.0 / (1.0 + np.exp(-np.clip(log_ratio, -700, 700)))
-        wm = post * counts
-        wu = (1.0 - post) * counts
-        new_lam = float(wm.sum() / counts.sum())
-        new_lam = min(max(new_lam, 1e-9), 1 - 1e-9)
-        m = level_frequencies(patterns, wm, alpha)
-        u = level_frequencies(patterns, wu, alpha)
+        # log(m/u) per comparison level; the null level (index 0) carries no evidence.
+        log_ratio = [
+            [0.0, *(math.log(max(mc, 1e-12)) - math.log(max(uc, 1e-12)) for mc, uc in zip(mr[1:], ur[1:], strict=True))]
+            for mr, ur in zip(m, u, strict=True)
+        ]
+        base = math.log(lam / (1 - lam))
+        matched: dict[Pattern, float] = {}
+        unmatched: dict[Pattern, float] = {}
+        for pattern, count in items:
+            z = base + sum(row[level] for row, level in zip(log_ratio, pattern, strict=True))
+            post = 1.0 / (1.0 + math.exp(-min(max(z, -700.0), 700.0)))
+            matched[pattern] = post * count
+            unmatched[pattern] = (1.0 - post) * count
+        new_lam = min(max(sum(matched.values()) / total, 1e-9), 1 - 1e-9)
+        m = level_frequencies(matched, alpha)
+        u = level_frequencies(unmatched, alpha)
         converged = abs(new_lam - lam) < tol
         lam = new_lam
         if converged:
             break
     return m, u, lam, it
+
+
+TF_COMPARISONS = {"given": F_GIVEN, "family": F_FAMILY}  # comparison → feature position (exact = level 1)
+
+
+def term_frequency_adjustments(
+    feats: Sequence[Sequence[str]], u: list[list[float]], max_values: int = 20_000
+) -> dict[str, dict[str, float]]:
+    """log2(u_exact / frequency) for values more frequent than the exact level's ``u``."""
+    names = [c.name for c in COMPARISONS]
+    out: dict[str, dict[str, float]] = {}
+    for name, pos in TF_COMPARISONS.items():
+        counts = Counter(f[pos] for f in feats if f[pos])
+        total = sum(counts.values())
+        u_exact = u[names.index(name)][1]
+        adj: dict[str, float] = {}
+        for value, count in counts.most_common(max_values):
+            freq = count / total
+            if freq <= u_exact or count < 3:
+                break
+            adj[value] = round(math.log2(u_exact / freq), 4)
+        out[name] = adj
+    return out
 
 
 def train(
@@ -133,22 +161,39 @@ def train(
     iterations: int = 40,
     version: str | None = None,
     cross: Sequence[int] | None = None,
+    max_candidate_pairs: int = 2_000_000,
+    min_expected_matches: float = 20.0,
 ) -> MatchModel:
-    """Estimate a :class:`MatchModel` from unlabelled records (no training labels needed)."""
+    """Estimate a :class:`MatchModel` from unlabelled records (no training labels needed).
+
+    ``cross``: dataset label per record for linkage (pairs within one dataset are not
+    candidates). Above ``max_candidate_pairs`` EM runs on a uniform sample of the candidate
+    pairs (λ is a proportion, so the sample estimates it without bias). When EM finds fewer
+    than ``min_expected_matches`` matches — a clean register has almost no duplicates — the
+    m values cannot be learnt from it and the documented defaults are kept.
+    """
     started = time.perf_counter()
     feats = [features(r) for r in records]
     n = len(feats)
     if n < 2:
         raise ValueError("need at least two records to train")
-    u_random = level_frequencies(comparison_matrix(feats, random_pairs(n, max_random_pairs, seed)))
+    u_random = level_frequencies(comparison_patterns(feats, random_pairs(n, max_random_pairs, seed)))
     cand = sorted(blocked_pairs(feats, cross=cross))
-    matrix = comparison_matrix(feats, cand)
+    n_cand = len(cand)
+    if n_cand > max_candidate_pairs:
+        cand = random.Random(seed).sample(cand, max_candidate_pairs)
+    patterns = comparison_patterns(feats, cand)
     start = default_model()
     m0 = [list(c.m) for c in start.comparisons]
-    if len(cand) == 0:
+    m_source = "em"
+    if not cand:
         m, lam_c, its = m0, 0.0, 0
     else:
-        m, _u_blocked, lam_c, its = expectation_maximisation(matrix, m0, u_random, 0.1, iterations=iterations)
+        m, _u_blocked, lam_c, its = expectation_maximisation(patterns, m0, u_random, 0.1, iterations=iterations)
+    expected = lam_c * n_cand
+    if expected < min_expected_matches:
+        m, m_source = m0, "default (too few matches for EM)"
+        expected = max(expected, 1.0)
     if cross is None:
         total_pairs = n * (n - 1) / 2
     else:
@@ -156,12 +201,13 @@ def train(
         for label in cross:
             sizes[label] += 1
         total_pairs = sum(sizes[a] * sizes[b] for a in sizes for b in sizes if a < b) or 1.0
-    prior = max(lam_c * len(cand) / total_pairs, 1e-12)
+    prior = max(expected / total_pairs, 1e-12)
     params = [ComparisonParams(comp.name, comp.levels, m[k], u_random[k]) for k, comp in enumerate(COMPARISONS)]
     trained_at = datetime.now(UTC).replace(microsecond=0).isoformat()
     return MatchModel(
         params,
         prior,
+        tf_adjustments=term_frequency_adjustments(feats, u_random),
         version=version or f"em-{trained_at}",
         metadata={
             "trained": True,
@@ -169,9 +215,11 @@ def train(
             "method": "u: random pairs; m, lambda: EM over blocked candidate pairs",
             "records": n,
             "random_pairs": min(n * (n - 1) // 2, max_random_pairs),
-            "candidate_pairs": len(cand),
+            "candidate_pairs": n_cand,
+            "em_pairs": len(cand),
             "em_iterations": its,
-            "expected_matches": round(lam_c * len(cand), 1),
+            "m_source": m_source,
+            "expected_matches": round(expected, 1),
             "seconds": round(time.perf_counter() - started, 3),
         },
     )

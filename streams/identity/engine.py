@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from streams.identity.blocking import blocking_keys
 from streams.identity.comparisons import _FUNCS, COMPARISONS, F_IDENTS, F_REF, F_SSN, features
+from streams.identity.em import TF_COMPARISONS
 from streams.identity.model import MatchModel
 from streams.identity.record import PatientRecord
 
@@ -151,12 +152,36 @@ class MatchEngine:
         self._table = model.weight_table()
         self._prior = model.prior_weight
         self._labels = [[f"{c.name}:{level}" for level in c.levels] for c in COMPARISONS]
+        names = [c.name for c in COMPARISONS]
+        # (comparison index, feature position, value → adjustment) for term frequencies.
+        self._tf = [
+            (names.index(name), pos, adj)
+            for name, pos in TF_COMPARISONS.items()
+            if (adj := model.tf_adjustments.get(name))
+        ]
+
+    def _query_table(self, feats: list[str]) -> list[list[float]]:
+        """Weight table for one query record: exact-match weights of common names lowered.
+
+        An exact match means both sides hold the query's value, so the adjustment depends on
+        the query alone and is folded into a per-query copy of the table (hot loop unchanged).
+        """
+        table = self._table
+        for k, pos, adj in self._tf:
+            delta = adj.get(feats[pos])
+            if delta:
+                if table is self._table:
+                    table = list(table)
+                row = list(table[k])
+                row[1] += delta
+                table[k] = row
+        return table
 
     # ----------------------------------------------------------------- scoring
     def pair_weight(self, a: list[str], b: list[str]) -> float:
         """Posterior log2-odds that two feature vectors are the same person."""
         total = self._prior
-        for f, w in zip(_FUNCS, self._table, strict=True):
+        for f, w in zip(_FUNCS, self._query_table(a), strict=True):
             total += w[f(a, b)]
         return total
 
@@ -185,7 +210,7 @@ class MatchEngine:
     def score_candidates(self, feats: list[str]) -> list[tuple[str, str, float]]:
         """(euid, member record ref, match weight) for every member of every candidate entity."""
         get = self.store.get
-        table = self._table
+        table = self._query_table(feats)
         prior = self._prior
         funcs = _FUNCS
         out: list[tuple[str, str, float]] = []
@@ -215,7 +240,7 @@ class MatchEngine:
             hits = {self.current_euid(h) for h in hits}
         if len(hits) == 1:
             euid = hits.pop()
-            return Resolution(AUTO_LINK, euid, None, 1.0, True, ("identifier",))
+            return self._identifier_link(feats, euid)
         if len(hits) > 1:
             # Two entities claim this record's identifiers: a potential duplicate for a human.
             best = sorted(hits)[0]
@@ -256,12 +281,33 @@ class MatchEngine:
             reasons.append("also-matches:" + ranked[1][0])  # index holds a likely duplicate
         return Resolution(band, euid if band == AUTO_LINK else None, cand, prob, False, tuple(reasons), len(scored))
 
+    def _identifier_link(self, feats: list[str], euid: str) -> Resolution:
+        """An assigning authority's identifier is authoritative, but a record whose
+        demographics contradict its entity (MRN reuse, wrong-patient registration) is
+        flagged in the reasons so the agent can raise a data-quality task.
+        """
+        best: Candidate | None = None
+        table = self._query_table(feats)
+        for member in self.store.get("e:" + euid) or ():
+            total = self._prior
+            for f, w in zip(_FUNCS, table, strict=True):
+                total += w[f(feats, member)]
+            if best is None or total > best.match_weight:
+                best = Candidate(euid, member[F_REF], total, self.model.probability(total))
+        reasons: tuple[str, ...] = ("identifier",)
+        # The identifier already settles the prior, so judge the demographics by their Bayes
+        # factor alone: below 1 (log2 < 0) they argue for two different people.
+        if best is not None and best.match_weight - self._prior < 0:
+            reasons = ("identifier", "identifier-demographics-disagree")
+        return Resolution(AUTO_LINK, euid, best, 1.0, True, reasons)
+
     def _strong_id_support(self, feats: list[str], euid: str) -> float:
         """Best demographic weight (SSN excluded) of the entity holding the same strong id."""
         best = float("-inf")
+        table = self._query_table(feats)
         for member in self.store.get("e:" + euid) or ():
             total = 0.0
-            for i, (f, w) in enumerate(zip(_FUNCS, self._table, strict=True)):
+            for i, (f, w) in enumerate(zip(_FUNCS, table, strict=True)):
                 if i != _SSN_INDEX:
                     total += w[f(feats, member)]
             best = max(best, total)

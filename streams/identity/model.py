@@ -4,6 +4,11 @@
 * Match weight of a level = log2(m/u); the "null" level (missing data) has weight 0.
 * ``prior`` = λ, the probability that two random records match; its weight log2(λ/(1-λ))
   is added to the sum of level weights, giving the posterior log-odds of a match.
+* ``tf_adjustments`` (term frequencies, as in Splink): an exact match on a common name is
+  weaker evidence than on a rare one. For values more frequent than the level's average
+  (``u`` of the exact level) the exact-match weight becomes log2(m / frequency), i.e. the
+  stored adjustment log2(u / frequency) < 0 is added. Rare names are never up-weighted, so
+  a typo-made "unique" name cannot manufacture certainty.
 
 Models are versioned JSON (never pickle): ``format`` names the schema, ``version`` names the
 trained model, ``metadata`` carries training provenance (when, on what, how many pairs).
@@ -43,6 +48,7 @@ class MatchModel:
     prior: float
     version: str = "untrained"
     metadata: dict[str, Any] = field(default_factory=dict)
+    tf_adjustments: dict[str, dict[str, float]] = field(default_factory=dict)
     _table: list[list[float]] | None = field(default=None, repr=False, compare=False)
 
     def weight_table(self) -> list[list[float]]:
@@ -74,6 +80,7 @@ class MatchModel:
             "version": self.version,
             "prior": self.prior,
             "metadata": self.metadata,
+            "tf_adjustments": self.tf_adjustments,
             "comparisons": [
                 {
                     "name": c.name,
@@ -105,7 +112,14 @@ class MatchModel:
                 )
             )
         meta = dict(data.get("metadata") or {})
-        return cls(params, float(data["prior"]), str(data.get("version", "")), meta)
+        tf = {
+            str(name): {str(v): float(w) for v, w in values.items()}
+            for name, values in (data.get("tf_adjustments") or {}).items()
+        }
+        unknown = set(tf) - {c.name for c in COMPARISONS}
+        if unknown:
+            raise ValueError(f"term-frequency adjustments for unknown comparisons {sorted(unknown)}")
+        return cls(params, float(data["prior"]), str(data.get("version", "")), meta, tf)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")

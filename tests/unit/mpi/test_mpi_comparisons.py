@@ -81,6 +81,9 @@ def test_family_levels(changes: dict[str, str], expected: str) -> None:
         ("1980-09-30", "year-only"),
         ("1955-01-01", "else"),
         ("", "null"),
+        ("1980", "year-only"),  # partial dates never count as an exact match
+        ("1980-04", "year-only"),
+        ("1981", "else"),
     ],
 )
 def test_dob_levels(dob: str, expected: str) -> None:

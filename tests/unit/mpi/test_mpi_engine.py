@@ -31,7 +31,23 @@ def test_deterministic_link_on_assigning_authority_identifier(engine: MatchEngin
         "A1-v2", "ehr", identifiers=alice.identifiers, family="Jones", given="Alice", birth_date="1980-04-12"
     )
     res = engine.resolve(moved)
-    assert res.band == AUTO_LINK and res.deterministic and res.euid == euid and res.reasons == ("identifier",)
+    assert res.band == AUTO_LINK and res.deterministic and res.euid == euid
+    assert res.reasons == ("identifier",)
+    assert res.best_candidate is not None and res.best_candidate.record_ref == "ehr|A1"
+    # Same MRN, a different person's demographics: still linked, but flagged.
+    reused = PatientRecord(
+        "A1-v3",
+        "ehr",
+        identifiers=alice.identifiers,
+        family="Okafor",
+        given="Chidi",
+        birth_date="1944-11-30",
+        sex="male",
+        postal_code="10001",
+    )
+    res = engine.resolve(reused)
+    assert res.band == AUTO_LINK and res.euid == euid
+    assert res.reasons == ("identifier", "identifier-demographics-disagree")
 
 
 def test_same_value_under_another_authority_is_not_a_deterministic_link(

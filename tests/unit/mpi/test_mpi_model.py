@@ -57,18 +57,16 @@ def test_load_rejects_foreign_or_mismatched_models(tmp_path: Path) -> None:
 
 
 def test_level_frequencies_sum_to_one_excluding_null() -> None:
-    import numpy as np
-
-    matrix = np.array([[1] * len(COMPARISONS), [0] * len(COMPARISONS), [2] * len(COMPARISONS)], dtype=np.int8)
-    for freqs in level_frequencies(matrix):
+    patterns = {(1,) * len(COMPARISONS): 3.0, (0,) * len(COMPARISONS): 1.0, (2,) * len(COMPARISONS): 2.0}
+    for freqs in level_frequencies(patterns):
         assert freqs[0] == 0.0 and sum(freqs[1:]) == pytest.approx(1.0)
 
 
 def test_em_separates_a_synthetic_mixture() -> None:
     """Matches mostly agree on level 1, non-matches mostly land on 'else': EM must find it."""
-    import numpy as np
+    from collections import Counter
 
-    rng = np.random.default_rng(3)
+    rng = random.Random(3)
     n_levels = [len(c.levels) for c in COMPARISONS]
     rows = []
     for i in range(4000):
@@ -79,12 +77,12 @@ def test_em_separates_a_synthetic_mixture() -> None:
                 row.append(1 if rng.random() < 0.9 else n - 1)
             else:
                 row.append(1 if rng.random() < 0.05 else n - 1)
-        rows.append(row)
-    matrix = np.asarray(rows, dtype=np.int8)
+        rows.append(tuple(row))
+    patterns = Counter(rows)
     start = default_model()
     m0 = [list(c.m) for c in start.comparisons]
     u0 = [list(c.u) for c in start.comparisons]
-    m, u, lam, _ = expectation_maximisation(matrix, m0, u0, 0.5)
+    m, u, lam, _ = expectation_maximisation(patterns, m0, u0, 0.5)
     assert lam == pytest.approx(0.2, abs=0.02)
     for c in range(len(COMPARISONS)):
         assert m[c][1] == pytest.approx(0.9, abs=0.04)
@@ -152,3 +150,53 @@ def test_train_learns_useful_weights_without_labels() -> None:
     assert dob.m[1] == pytest.approx(0.8, abs=0.1)
     # λ: about 200 matching pairs out of 800*799/2.
     assert model.prior == pytest.approx(200 / (800 * 799 / 2), rel=0.5)
+
+
+def test_term_frequency_adjustments_lower_common_names_only() -> None:
+    from streams.identity.comparisons import features
+    from streams.identity.em import term_frequency_adjustments
+
+    def unique_name(i: int) -> str:
+        return "rare" + chr(97 + i % 26) + chr(97 + i // 26)
+
+    recs = [PatientRecord(str(i), "s", given="john" if i % 2 else unique_name(i)) for i in range(200)]
+    u = [list(c.u) for c in default_model().comparisons]
+    adj = term_frequency_adjustments([features(r) for r in recs], u)
+    assert set(adj) == {"given", "family"}
+    assert adj["given"]["john"] < 0  # half the population: weak evidence
+    assert all(not k.startswith("rare") for k in adj["given"])  # rare names are never boosted
+
+
+def test_tf_adjustments_round_trip_and_change_scores(tmp_path: Path) -> None:
+    from streams.identity.comparisons import features
+    from streams.identity.engine import MatchEngine
+
+    model = default_model()
+    model.tf_adjustments = {"given": {"john": -4.0}, "family": {}}
+    path = tmp_path / "m.json"
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.tf_adjustments == {"given": {"john": -4.0}, "family": {}}
+    plain = MatchEngine(default_model())
+    tf = MatchEngine(loaded)
+    john = features(PatientRecord("1", "s", given="John", family="Doe", birth_date="1970-01-01"))
+    jane = features(PatientRecord("1", "s", given="Jane", family="Doe", birth_date="1970-01-01"))
+    assert tf.pair_weight(john, john) == pytest.approx(plain.pair_weight(john, john) - 4.0)
+    assert tf.pair_weight(jane, jane) == pytest.approx(plain.pair_weight(jane, jane))
+    with pytest.raises(ValueError, match="unknown"):
+        MatchModel.from_dict({**loaded.to_dict(), "tf_adjustments": {"shoe_size": {}}})
+
+
+def test_train_on_a_clean_register_keeps_default_m() -> None:
+    model = train(_people(300, 9), max_random_pairs=20_000)
+    assert model.metadata["m_source"].startswith("default")
+    assert [c.m for c in model.comparisons] == [c.m for c in default_model().comparisons]
+    assert 0 < model.prior < 1e-3
+
+
+def test_train_samples_candidate_pairs_above_the_cap() -> None:
+    people = _people(400, 4)
+    dups = [replace(p, record_id=p.record_id + "d") for p in people[:150]]
+    model = train([*people, *dups], max_random_pairs=20_000, max_candidate_pairs=100)
+    assert model.metadata["em_pairs"] == 100 < model.metadata["candidate_pairs"]
+    assert model.metadata["m_source"] == "em"

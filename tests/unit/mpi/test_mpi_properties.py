@@ -68,3 +68,23 @@ def test_adding_an_unrelated_record_never_changes_existing_links(
     eng.add(unrelated)
     after = [(res.band, res.euid, res.score) for res in map(eng.resolve, probes)]
     assert after == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_normalisation_is_idempotent(value: str) -> None:
+    from streams.identity import normalize
+
+    for fn in (normalize.name, normalize.text, normalize.postcode, normalize.phone, normalize.ssn):
+        once = fn(value)
+        assert fn(once) == once
+
+
+@settings(max_examples=100, deadline=None)
+@given(OLD)
+def test_self_comparison_never_disagrees(record: PatientRecord) -> None:
+    from streams.identity.comparisons import COMPARISONS, comparison_vector, features
+
+    f = features(record)
+    for comp, level in zip(COMPARISONS, comparison_vector(f, f), strict=True):
+        assert comp.levels[level] in {"null", "exact", "year-only"}, comp.name
