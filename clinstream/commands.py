@@ -18,6 +18,9 @@ def register(sub: Sub) -> None:
     _run(sub)
     _bench(sub)
     _demo(sub)
+    from streams.dlq import add_dlq_parser
+
+    add_dlq_parser(sub)
 
 
 def _topology_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
