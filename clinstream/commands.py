@@ -13,6 +13,7 @@ Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 
 
 def register(sub: Sub) -> None:
+    from streams.dlq import add_dlq_parser
     from streams.normalize.hl7v2.cli import add_convert_parser
 
     _broker(sub)
@@ -24,6 +25,7 @@ def register(sub: Sub) -> None:
     _mpi(sub)
     _audit(sub)
     _preview(sub)
+    add_dlq_parser(sub)
 
 
 def _topology_arg(p: argparse.ArgumentParser, required: bool = True) -> None:

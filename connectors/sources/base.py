@@ -44,6 +44,8 @@ def register_source(kind: str) -> Callable[[SourceFactory], SourceFactory]:
 
 def create_source(spec: SourceSpec, settings: KafkaSettings) -> Source:
     # importing the modules registers them
+    from connectors.sources import fhir_http as _fhir_http  # noqa: F401
+    from connectors.sources import filedrop as _filedrop  # noqa: F401
     from connectors.sources import mllp as _mllp  # noqa: F401
     from connectors.sources.mllp import listener as _listener  # noqa: F401
 
