@@ -48,10 +48,54 @@ class DataTypeError(ValueError):
 _TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.?\d{1,4})?([+-]\d{4})?")
 
 
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_TS_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
+
+
 def _split_ts(value: str) -> tuple[str, ...] | None:
     value = value.strip()
     if not value:
         return None
+    # Fast path for the common shapes (YYYY[MM[DD[HH[MM[SS[.S{1,4}]]]]]][+/-ZZZZ], ASCII digits):
+    # slicing instead of the regex; anything unusual or invalid goes the general way below,
+    # which also produces the error message.
+    body, tz = value, ""
+    n = len(value)
+    if n > 5 and value[-5] in "+-":
+        tz = value[-5:]
+        body = value[:-5]
+        if not (tz[1:].isdigit() and tz.isascii()) or int(tz[1:3]) > 14 or int(tz[3:5]) > 59:
+            return _split_ts_slow(value)
+    frac = ""
+    dot = body.find(".")
+    if dot >= 0:
+        frac = body[dot:]
+        body = body[:dot]
+        if not 2 <= len(frac) <= 5 or not frac[1:].isdigit() or len(body) != 14:
+            return _split_ts_slow(value)
+    n = len(body)
+    if n not in _TS_LENGTHS or not body.isdigit() or not body.isascii():
+        return _split_ts_slow(value)
+    year, month, day, hour, minute, second = body[:4], body[4:6], body[6:8], body[8:10], body[10:12], body[12:14]
+    if month:
+        m = int(month)
+        if not 1 <= m <= 12:
+            return _split_ts_slow(value)
+        if day:
+            d = int(day)
+            limit = _DAYS_IN_MONTH[m]
+            if m == 2:
+                y = int(year)
+                if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0):
+                    limit = 29
+            if not 1 <= d <= limit:
+                return _split_ts_slow(value)
+            if hour and (int(hour) > 23 or (minute and int(minute) > 59) or (second and int(second) > 59)):
+                return _split_ts_slow(value)
+    return year, month, day, hour, minute, second, frac, tz
+
+
+def _split_ts_slow(value: str) -> tuple[str, ...] | None:
     m = _TS.fullmatch(value)
     if m is None:
         raise DataTypeError(f"invalid timestamp {value!r}")
@@ -86,6 +130,10 @@ def datetime_(value: str, default_tz: str = "Z") -> str | None:
     parts = _split_ts(value)
     if parts is None:
         return None
+    return _format_dt(parts, default_tz)
+
+
+def _format_dt(parts: tuple[str, ...], default_tz: str) -> str:
     year, month, day, hour, minute, second, frac, tz = parts
     if not month:
         return year
@@ -110,7 +158,7 @@ def instant(value: str, default_tz: str = "Z") -> str | None:
     parts = _split_ts(value)
     if parts is None or not parts[5]:
         return None
-    return datetime_(value, default_tz)
+    return _format_dt(parts, default_tz)
 
 
 def instant_padded(value: str, default_tz: str = "Z") -> str | None:
