@@ -224,13 +224,16 @@ def escape(value: str, enc: Encoding) -> str:
     return value
 
 
+_PAD = [""] * 20
+
+
 class Rep:
     """One repetition of a field (or, via :meth:`part`, one component seen as a composite).
 
     ``get(comp, sub)`` returns the decoded leaf value, ``""`` when absent.
     """
 
-    __slots__ = ("_parts", "enc", "raw", "sep", "subsep")
+    __slots__ = ("_parts", "_vals", "enc", "raw", "sep", "subsep")
 
     def __init__(self, raw: str, enc: Encoding, sep: str | None, subsep: str | None) -> None:
         self.raw = raw
@@ -238,6 +241,7 @@ class Rep:
         self.sep = sep
         self.subsep = subsep
         self._parts: list[str] | None = None
+        self._vals: list[str] | None = None
 
     def components(self) -> list[str]:
         """Raw (still escaped) components."""
@@ -246,7 +250,38 @@ class Rep:
             parts = self._parts = self.raw.split(self.sep) if self.sep else [self.raw]
         return parts
 
+    def vals(self) -> list[str]:
+        """Decoded first subcomponent of every component, padded with ``""`` to at least 20 entries.
+
+        ``vals()[c - 1] == get(c)`` for every component c that ``vals()`` covers;
+        computed once per repetition (mappers read most components of a composite).
+        """
+        v = self._vals
+        if v is None:
+            parts = self._parts if self._parts is not None else self.components()
+            raw = self.raw
+            esc = self.enc.esc
+            ss = self.subsep
+            if esc not in raw and (ss is None or ss not in raw):
+                v = parts[:]
+            else:
+                enc = self.enc
+                v = []
+                for p in parts:
+                    if ss is not None and ss in p:
+                        p = p.split(ss, 1)[0]
+                    if esc in p:
+                        p = unescape(p, enc)
+                    v.append(p)
+            if len(v) < 20:
+                v += _PAD[len(v):]
+            self._vals = v
+        return v
+
     def get(self, comp: int = 1, sub: int = 1) -> str:
+        if sub == 1:
+            v = self._vals if self._vals is not None else self.vals()
+            return v[comp - 1] if 0 < comp <= len(v) else ""
         if comp < 1 or sub < 1:
             return ""
         parts = self._parts if self._parts is not None else self.components()
@@ -258,7 +293,7 @@ class Rep:
             if sub > len(subs):
                 return ""
             value = subs[sub - 1]
-        elif sub > 1:
+        else:
             return ""
         return unescape(value, self.enc) if self.enc.esc in value else value
 
@@ -281,9 +316,9 @@ class Rep:
 
 
 class Segment:
-    """One segment; fields are split on first access and cached."""
+    """One segment; fields are split on first access and cached, as are their repetitions."""
 
-    __slots__ = ("_fields", "enc", "id", "index", "raw")
+    __slots__ = ("_fields", "_reps", "enc", "id", "index", "raw")
 
     def __init__(self, sid: str, raw: str, enc: Encoding, index: int) -> None:
         self.id = sid
@@ -291,6 +326,7 @@ class Segment:
         self.enc = enc
         self.index = index  # 1-based position in the message
         self._fields: list[str] | None = None
+        self._reps: dict[int, list[Rep]] = {}
 
     def fields(self) -> list[str]:
         """Raw fields with HL7 numbering: ``fields()[n]`` is field n (``[0]`` is the id)."""
@@ -313,30 +349,44 @@ class Segment:
         return len(self._fields if self._fields is not None else self.fields()) - 1
 
     def repetitions(self, n: int) -> list[Rep]:
-        raw = self.field(n)
-        if not raw:
-            return []
+        """The repetitions of field n (cached: the same list on every call, don't mutate it)."""
+        reps = self._reps.get(n)
+        if reps is not None:
+            return reps
+        f = self._fields if self._fields is not None else self.fields()
+        raw = f[n] if 0 <= n < len(f) else ""
         enc = self.enc
-        if self.id == "MSH" and n <= 2:
-            return [Rep(raw, enc, None, None)]
-        if enc.rep in raw:
-            return [Rep(r, enc, enc.comp, enc.sub) for r in raw.split(enc.rep)]
-        return [Rep(raw, enc, enc.comp, enc.sub)]
+        if not raw:
+            reps = []
+        elif self.id == "MSH" and n <= 2:
+            reps = [Rep(raw, enc, None, None)]
+        elif enc.rep in raw:
+            comp, sub = enc.comp, enc.sub
+            reps = [Rep(r, enc, comp, sub) for r in raw.split(enc.rep)]
+        else:
+            reps = [Rep(raw, enc, enc.comp, enc.sub)]
+        self._reps[n] = reps
+        return reps
 
     def rep(self, n: int, i: int = 0) -> Rep:
         """Repetition ``i`` of field n; an empty Rep when absent (never raises)."""
-        reps = self.repetitions(n)
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self.repetitions(n)
         if 0 <= i < len(reps):
             return reps[i]
         return Rep("", self.enc, self.enc.comp, self.enc.sub)
 
     def get(self, n: int, rep: int = 0, comp: int = 1, sub: int = 1) -> str:
         """Decoded leaf value of field n, repetition ``rep``, component, subcomponent."""
-        raw = self.field(n)
+        f = self._fields if self._fields is not None else self.fields()
+        if not 0 <= n < len(f):
+            return ""
+        raw = f[n]
         if not raw:
             return ""
         enc = self.enc
-        if self.id == "MSH" and n <= 2:
+        if n <= 2 and self.id == "MSH":
             return raw if rep == 0 and comp == 1 and sub == 1 else ""
         if enc.rep in raw:
             reps = raw.split(enc.rep)

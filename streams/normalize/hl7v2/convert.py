@@ -53,9 +53,13 @@ def convert_message(
                                       segment_id="MSH", field=9, hl7_error_code=201)
     ctx = Ctx(msg, source, default_tz)
     mapper = Mapper(ctx)
+    handlers = mapper.handlers
     for seg in msg.segments():
+        handler = handlers.get(seg.id)
+        if handler is None:
+            continue
         try:
-            mapper.run(seg)
+            handler(mapper, seg)
         except Hl7ParseError:
             raise
         except dt.DataTypeError as exc:
@@ -68,8 +72,7 @@ def convert_message(
     header = _message_header(ctx, msg.msh, mapper)
     provenance = ctx.get(mapper.provenance)
     if provenance is not None:
-        provenance["target"] = [{"reference": r} for r in ctx.order if _is_focus(ctx, r)] or [
-            {"reference": header}]
+        provenance["target"] = [{"reference": r} for r in mapper.focus] or [{"reference": header}]
     entries = [{"fullUrl": header, "resource": ctx.resources[header]}]
     entries += [{"fullUrl": ref, "resource": ctx.resources[ref]} for ref in ctx.order if ref != header]
     bundle: dict[str, Any] = {
@@ -140,7 +143,8 @@ def _message_header(ctx: Ctx, msh: Segment, mapper: Mapper) -> str:
     sender = ctx.organization_hd(msh.rep(4))
     if sender:
         header["sender"] = {"reference": sender}
-    focus = [{"reference": r} for r in ctx.order if _is_focus(ctx, r)]
+    mapper.focus = [r for r in ctx.order if _is_focus(ctx, r)]  # the header itself is SUPPORTING
+    focus = [{"reference": r} for r in mapper.focus]
     if focus:
         header["focus"] = focus
     return ctx.add(header, "MessageHeader")

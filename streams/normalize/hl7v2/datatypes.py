@@ -48,10 +48,54 @@ class DataTypeError(ValueError):
 _TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.?\d{1,4})?([+-]\d{4})?")
 
 
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_TS_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
+
+
 def _split_ts(value: str) -> tuple[str, ...] | None:
     value = value.strip()
     if not value:
         return None
+    # Fast path for the common shapes (YYYY[MM[DD[HH[MM[SS[.S{1,4}]]]]]][+/-ZZZZ], ASCII digits):
+    # slicing instead of the regex; anything unusual or invalid goes the general way below,
+    # which also produces the error message.
+    body, tz = value, ""
+    n = len(value)
+    if n > 5 and value[-5] in "+-":
+        tz = value[-5:]
+        body = value[:-5]
+        if not (tz[1:].isdigit() and tz.isascii()) or int(tz[1:3]) > 14 or int(tz[3:5]) > 59:
+            return _split_ts_slow(value)
+    frac = ""
+    dot = body.find(".")
+    if dot >= 0:
+        frac = body[dot:]
+        body = body[:dot]
+        if not 2 <= len(frac) <= 5 or not frac[1:].isdigit() or len(body) != 14:
+            return _split_ts_slow(value)
+    n = len(body)
+    if n not in _TS_LENGTHS or not body.isdigit() or not body.isascii():
+        return _split_ts_slow(value)
+    year, month, day, hour, minute, second = body[:4], body[4:6], body[6:8], body[8:10], body[10:12], body[12:14]
+    if month:
+        m = int(month)
+        if not 1 <= m <= 12:
+            return _split_ts_slow(value)
+        if day:
+            d = int(day)
+            limit = _DAYS_IN_MONTH[m]
+            if m == 2:
+                y = int(year)
+                if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0):
+                    limit = 29
+            if not 1 <= d <= limit:
+                return _split_ts_slow(value)
+            if hour and (int(hour) > 23 or (minute and int(minute) > 59) or (second and int(second) > 59)):
+                return _split_ts_slow(value)
+    return year, month, day, hour, minute, second, frac, tz
+
+
+def _split_ts_slow(value: str) -> tuple[str, ...] | None:
     m = _TS.fullmatch(value)
     if m is None:
         raise DataTypeError(f"invalid timestamp {value!r}")
@@ -86,6 +130,10 @@ def datetime_(value: str, default_tz: str = "Z") -> str | None:
     parts = _split_ts(value)
     if parts is None:
         return None
+    return _format_dt(parts, default_tz)
+
+
+def _format_dt(parts: tuple[str, ...], default_tz: str) -> str:
     year, month, day, hour, minute, second, frac, tz = parts
     if not month:
         return year
@@ -110,7 +158,7 @@ def instant(value: str, default_tz: str = "Z") -> str | None:
     parts = _split_ts(value)
     if parts is None or not parts[5]:
         return None
-    return datetime_(value, default_tz)
+    return _format_dt(parts, default_tz)
 
 
 def instant_padded(value: str, default_tz: str = "Z") -> str | None:
@@ -143,7 +191,33 @@ def number(value: str) -> int | float | None:
 
 def hd_system(hd: Rep) -> str | None:
     """HD (namespace ^ universal id ^ type) → a URI usable as Identifier.system."""
-    universal, kind = hd.get(2), hd.get(3).upper()
+    v = hd.vals()
+    return _hd_system(v[0], v[1], v[2])
+
+
+# Assigning authorities repeat across messages of a source: cache raw HD → system (bounded).
+_HD_CACHE: dict[tuple[str, Any, str | None], str | None] = {}
+
+
+def _hd_system_raw(raw: str, rep: Rep) -> str | None:
+    """``hd_system(rep.part(i))`` given the raw component ``raw`` of ``rep``."""
+    if not raw:
+        return None
+    enc = rep.enc
+    key = (raw, enc, rep.subsep)
+    try:
+        return _HD_CACHE[key]
+    except KeyError:
+        pass
+    v = Rep(raw, enc, rep.subsep, None).vals()
+    system = _hd_system(v[0], v[1], v[2])
+    if len(_HD_CACHE) < 4096:
+        _HD_CACHE[key] = system
+    return system
+
+
+def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
+    kind = kind.upper()
     if universal:
         if kind in ("ISO", "HL7") or (not kind and universal[:1].isdigit() and "." in universal):
             return f"urn:oid:{universal}"
@@ -151,14 +225,21 @@ def hd_system(hd: Rep) -> str | None:
             return f"urn:uuid:{universal}"
         if kind in ("URI", "URL") or universal.startswith(("http://", "https://", "urn:")):
             return universal
-    namespace = hd.get(1)
     if namespace:
         return local_system(namespace)
     return None
 
 
+_LOCAL_SYSTEMS: dict[str, str] = {}
+
+
 def local_system(namespace: str) -> str:
-    return LOCAL_SYSTEM_BASE + quote(namespace.strip(), safe="")
+    hit = _LOCAL_SYSTEMS.get(namespace)
+    if hit is None:
+        hit = LOCAL_SYSTEM_BASE + quote(namespace.strip(), safe="")
+        if len(_LOCAL_SYSTEMS) < 4096:
+            _LOCAL_SYSTEMS[namespace] = hit
+    return hit
 
 
 def _coding(code: str, display: str, system_name: str, oid: str = "") -> dict[str, Any] | None:
@@ -183,16 +264,16 @@ def codeable(rep: Rep) -> dict[str, Any] | None:
     """CE/CNE/CWE → CodeableConcept (identifier+alternate, original text in CWE.9)."""
     if not rep.raw:
         return None
+    v = rep.vals()  # v[i] == rep.get(i + 1)
     codings = []
-    first = _coding(rep.get(1), rep.get(2), rep.get(3), rep.get(14))
-    if first and first.get("code"):
-        codings.append(first)
-    alt = _coding(rep.get(4), rep.get(5), rep.get(6), rep.get(17))
-    if alt and alt.get("code"):
-        codings.append(alt)
-    text = rep.get(9) or (rep.get(2) if not codings else "")
+    # A coding only counts with a code: no code, no coding (so _coding's display-only case is skipped).
+    if v[0]:
+        codings.append(_coding(v[0], v[1], v[2], v[13]))
+    if v[3]:
+        codings.append(_coding(v[3], v[4], v[5], v[16]))
+    text = v[8] or (v[1] if not codings else "")
     if not text and not codings:
-        text = rep.get(1) or rep.get(5)
+        text = v[0] or v[4]
     out: dict[str, Any] = {}
     if codings:
         out["coding"] = codings
@@ -225,29 +306,34 @@ def interpretation(rep: Rep) -> dict[str, Any] | None:
 
 def human_name(rep: Rep, *, xcn: bool = False) -> dict[str, Any] | None:
     """XPN (or the name part of XCN, shifted by one component) → HumanName."""
+    v = rep.vals()  # v[i] == rep.get(i + 1)
     o = 1 if xcn else 0
-    family = rep.part(1 + o).get(1)
+    family = v[o]  # == rep.part(1 + o).get(1): the surname subcomponent
     # XPN.15 "called by" is a given name too (as the reference converter and IG XPN map treat it).
-    given = [g for g in (rep.get(2 + o), rep.get(3 + o), "" if xcn else rep.get(15)) if g]
     name: dict[str, Any] = {}
     if family:
         name["family"] = family
+    if xcn:
+        given = [g for g in (v[2], v[3]) if g]
+        suffix = [s for s in (v[4], v[6]) if s]
+    else:
+        given = [g for g in (v[1], v[2], v[14]) if g]
+        suffix = [s for s in (v[3], v[5], v[13]) if s]
     if given:
         name["given"] = given
-    suffix = [s for s in (rep.get(4 + o), rep.get(6 + o), "" if xcn else rep.get(14)) if s]
     if suffix:
         name["suffix"] = suffix
-    prefix = rep.get(5 + o)
+    prefix = v[4 + o]
     if prefix:
         name["prefix"] = [prefix]
     if not name:
         return None
-    use = lookup("0200-use", rep.get(10 if xcn else 7)) if not xcn else None
-    if use:
-        name["use"] = use
     if not xcn:
-        start, end = date(rep.get(12)) if rep.get(12) else None, date(rep.get(13)) if rep.get(13) else None
-        if not (start or end) and rep.get(10):
+        use = lookup("0200-use", v[6])
+        if use:
+            name["use"] = use
+        start, end = date(v[11]) if v[11] else None, date(v[12]) if v[12] else None
+        if not (start or end) and v[9]:
             period = rep.part(10)
             start, end = date(period.get(1)), date(period.get(2))
         if start or end:
@@ -259,22 +345,32 @@ def address(rep: Rep) -> dict[str, Any] | None:
     """XAD → Address (use/type from table 0190)."""
     if not rep.raw:
         return None
-    sad = rep.part(1)
+    v = rep.vals()  # v[i] == rep.get(i + 1)
     # SAD.1 street, SAD.2 street name, SAD.3 dwelling number, XAD.2 other designation,
     # XAD.19 addressee-style extra line: each a line, in that order.
-    lines = [line for line in (sad.get(1), sad.get(2), sad.get(3), rep.get(2), rep.get(19)) if line]
+    if rep.subsep is not None and rep.subsep in rep.components()[0]:
+        sad = rep.part(1)
+        lines = [line for line in (v[0], sad.get(2), sad.get(3), v[1], v[18]) if line]
+    else:
+        lines = [line for line in (v[0], v[1], v[18]) if line]
     out: dict[str, Any] = {}
     if lines:
         out["line"] = lines
-    for key, comp in (("city", 3), ("state", 4), ("postalCode", 5), ("country", 6), ("district", 9)):
-        value = rep.get(comp)
-        if value:
-            out[key] = value
-    kind = lookup("0190", rep.get(7))
+    if v[2]:
+        out["city"] = v[2]
+    if v[3]:
+        out["state"] = v[3]
+    if v[4]:
+        out["postalCode"] = v[4]
+    if v[5]:
+        out["country"] = v[5]
+    if v[8]:
+        out["district"] = v[8]
+    kind = lookup("0190", v[6])
     if kind:
         out.update(kind)
-    start, end = rep.get(13), rep.get(14)
-    if not (start or end) and rep.get(12):
+    start, end = v[12], v[13]
+    if not (start or end) and v[11]:
         start, end = rep.get(12, 1), rep.get(12, 2)
     start_d, end_d = date(start) if start else None, date(end) if end else None
     if start_d or end_d:
@@ -288,20 +384,21 @@ def contact_point(rep: Rep, default_use: str | None = None) -> dict[str, Any] | 
     """XTN → ContactPoint (use from 0201, system from 0202)."""
     if not rep.raw:
         return None
-    equipment = rep.get(3)
+    v = rep.vals()  # v[i] == rep.get(i + 1)
+    equipment = v[2]
     kind = lookup("0202", equipment) or {}
-    value = rep.get(1)
-    if equipment in ("Internet", "X.400") or (not value and rep.get(4)):
-        value = rep.get(4) or value
+    value = v[0]
+    if equipment in ("Internet", "X.400") or (not value and v[3]):
+        value = v[3] or value
     if not value:
-        parts = [p for p in (rep.get(5), rep.get(6), rep.get(7)) if p]
+        parts = [p for p in (v[4], v[5], v[6]) if p]
         value = " ".join(parts)
-        if value and rep.get(8):
-            value += f" ext. {rep.get(8)}"
+        if value and v[7]:
+            value += f" ext. {v[7]}"
     if not value:
         return None
     out: dict[str, Any] = {"system": kind.get("system", "email" if "@" in value else "phone"), "value": value}
-    use = kind.get("use") or lookup("0201", rep.get(2)) or default_use
+    use = kind.get("use") or lookup("0201", v[1]) or default_use
     if use:
         out["use"] = use
     return out
@@ -309,25 +406,27 @@ def contact_point(rep: Rep, default_use: str | None = None) -> dict[str, Any] | 
 
 def identifier(rep: Rep) -> dict[str, Any] | None:
     """CX → Identifier (system from CX.4 assigning authority, type from CX.5/0203)."""
-    value = rep.get(1)
+    v = rep.vals()  # v[i] == rep.get(i + 1)
+    value = v[0]
     if not value:
         return None
     out: dict[str, Any] = {"value": value}
-    system = hd_system(rep.part(4))
-    if system is None and rep.get(9):
+    parts = rep.components()
+    system = _hd_system_raw(parts[3], rep) if len(parts) > 3 else None
+    if system is None and v[8]:
         system = hd_system(rep.part(9))  # CX.9 assigning jurisdiction
-    if system is None and rep.get(10):
+    if system is None and v[9]:
         system = hd_system(rep.part(10))  # CX.10 assigning agency
     if system:
         out["system"] = system
-    type_code = rep.get(5)
+    type_code = v[4]
     if type_code:
         out["type"] = {"coding": [_type_coding(type_code)]}
-    start = date(rep.get(7)) if rep.get(7) else None
-    end = date(rep.get(8)) if rep.get(8) else None
+    start = date(v[6]) if v[6] else None
+    end = date(v[7]) if v[7] else None
     if start or end:
-        out["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
-    namespace = rep.get(4)
+        out["period"] = {k: x for k, x in (("start", start), ("end", end)) if x}
+    namespace = v[3]
     if namespace and not rep.get(4, 2):
         out["assigner"] = {"display": namespace}
     return out

@@ -37,7 +37,8 @@ _SIU_STATUS = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancel
 
 
 def _drop_empty(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v not in (None, "", [], {})}
+    """``d`` without None / "" / [] / {} values (0 and False stay)."""
+    return {k: v for k, v in d.items() if v or (v is not None and v != "" and v != [] and v != {})}
 
 
 class Mapper:
@@ -57,6 +58,7 @@ class Mapper:
         self.account: str | None = None
         self.provenance: str | None = None
         self.handlers = _HANDLERS
+        self.focus: list[str] = []  # focus resources, set when the MessageHeader is built
 
     # -- primitive helpers with error location ------------------------------
     def _wrap(self, seg: Segment, n: int, fn: Callable[[str], Any], value: str) -> Any:
@@ -69,24 +71,45 @@ class Mapper:
         value = seg.get(n, rep, comp)
         if not value:
             return None
-        return self._wrap(seg, n, lambda v: dt.datetime_(v, self.ctx.default_tz), value)
+        try:
+            return dt.datetime_(value, self.ctx.default_tz)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def day(self, seg: Segment, n: int, rep: int = 0, comp: int = 1) -> str | None:
         value = seg.get(n, rep, comp)
-        return self._wrap(seg, n, dt.date, value) if value else None
+        if not value:
+            return None
+        try:
+            return dt.date(value)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def inst(self, seg: Segment, n: int, rep: int = 0, comp: int = 1) -> str | None:
         value = seg.get(n, rep, comp)
         if not value:
             return None
-        return self._wrap(seg, n, lambda v: dt.instant(v, self.ctx.default_tz), value)
+        try:
+            return dt.instant(value, self.ctx.default_tz)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def num(self, seg: Segment, n: int, rep: int = 0, comp: int = 1) -> int | float | None:
         value = seg.get(n, rep, comp)
-        return self._wrap(seg, n, dt.number, value) if value else None
+        if not value:
+            return None
+        try:
+            return dt.number(value)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def ts_value(self, seg: Segment, n: int, value: str) -> str | None:
-        return self._wrap(seg, n, lambda v: dt.datetime_(v, self.ctx.default_tz), value) if value else None
+        if not value:
+            return None
+        try:
+            return dt.datetime_(value, self.ctx.default_tz)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def cc(self, seg: Segment, n: int, rep: int = 0) -> dict[str, Any] | None:
         return dt.codeable(seg.rep(n, rep))
