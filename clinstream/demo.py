@@ -130,8 +130,30 @@ def _delivered(dest: Any, env: dict[str, str]) -> int | None:
     return None
 
 
+@contextmanager
+def demo_database(env: dict[str, str], workdir: Path, console: Console) -> Iterator[None]:
+    """CLINSTREAM_PG_DSN if set; else a throw-away local PostgreSQL (binaries on this machine), if any."""
+    if env.get("CLINSTREAM_PG_DSN"):
+        yield
+        return
+    from connectors.sinks.pg_local import PostgresUnavailable, start_local_postgres
+
+    try:
+        server = start_local_postgres(workdir)
+    except PostgresUnavailable as exc:
+        console.print(f"[yellow]note:[/] no PostgreSQL for the demo ({str(exc)[:120]}...)")
+        yield
+        return
+    env["CLINSTREAM_PG_DSN"] = server.dsn
+    console.print(f"PostgreSQL (throw-away, local binaries) at {server.dsn}")
+    try:
+        yield
+    finally:
+        server.stop()
+
+
 def _topology_for_demo(topo: Topology, env: dict[str, str], workdir: Path) -> tuple[Topology, Path, list[str]]:
-    """Without a database configured, Postgres destinations fall back to NDJSON files (and say so)."""
+    """Without a database, Postgres destinations fall back to NDJSON files (and say so)."""
     notes: list[str] = []
     dests = []
     for d in topo.destinations:
@@ -179,9 +201,10 @@ def run_demo(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True)
     feed = demo_feed(samples_dir(args.samples))
 
-    with cluster() as settings:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with cluster() as settings, demo_database(env, workdir, console):
         bootstrap = settings.require_bootstrap()
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1"}
+        env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         topo, topo_file, notes = _topology_for_demo(topo, env, workdir)
         for note in notes:
             console.print(f"[yellow]note:[/] {note}")
