@@ -167,6 +167,7 @@ def run_sink_command(args: argparse.Namespace) -> int:
 # --- bench ------------------------------------------------------------------
 
 def _bench(sub: Sub) -> None:
+    from clinstream.bench_pipeline import add_bench_pipeline_parser
     from connectors.sources.mllp.bench import add_bench_mllp_parser
     from streams.identity.bench import add_bench_mpi_parser
     from streams.normalize.hl7v2.bench import add_bench_convert_parser
@@ -178,6 +179,7 @@ def _bench(sub: Sub) -> None:
     add_bench_convert_parser(bsub)
     add_bench_route_parser(bsub)
     add_bench_mpi_parser(bsub)
+    add_bench_pipeline_parser(bsub)
 
 
 # --- mpi / audit / preview ----------------------------------------------------

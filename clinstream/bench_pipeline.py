@@ -1,0 +1,259 @@
+"""`clinstream bench pipeline`: the whole pipeline on this machine, end to end.
+
+MLLP -> normalize -> dedupe -> identity -> route -> Postgres sink, each part its
+own process as in production, on the embedded broker (or KAFKA_BOOTSTRAP_SERVERS)
+and a throw-away local PostgreSQL (or CLINSTREAM_PG_DSN).
+
+1. Sustained throughput: C connections send N distinct ADT messages closed-loop;
+   msgs/s = N / (first send -> N-th row committed in Postgres).
+2. Latency at a fixed offered rate: messages paced at R msg/s (open loop);
+   end-to-end latency per message = row ``delivered_at`` - envelope ``received_at``
+   (both stamped on this machine's clock), p50/p99 over the paced run.
+3. Peak RSS (VmHWM) summed over the broker and every clinstream process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from clinstream.demo import _spawn, processes
+from topology.broker import free_port
+
+ADT_TRIGGERS = ("A01", "A04", "A08", "A03")
+
+
+def bench_message(i: int, run: str) -> bytes:
+    trig = ADT_TRIGGERS[i % len(ADT_TRIGGERS)]
+    return (
+        f"MSH|^~\\&|BENCH|HOSP|CLIN|HOSP|20240101120000||ADT^{trig}^ADT_A01|{run}{i:09d}|P|2.5\r"
+        f"EVN|{trig}|20240101120000\r"
+        f"PID|1||MRN{run}{i:08d}^^^HOSP^MR||FAMILY{i % 5000}^GIVEN{i % 997}^Q||19{50 + i % 50:02d}0{1 + i % 9}1{i % 9}|"
+        f"{'F' if i % 2 else 'M'}|||{i % 9000} MAIN ST^^BOSTON^MA^02{i % 1000:03d}||555{i:07d}\r"
+        f"PV1|1|I|W^{i % 40}^1^HOSP||||1234^SMITH^JOHN|||MED||||||||V{run}{i:08d}^^^HOSP^VN|||||||||||||||||||||||||"
+        f"20240101120000\r"
+    ).encode()
+
+
+def _topology(dsn: str, partitions: int) -> dict[str, Any]:
+    return {
+        "name": "bench",
+        "topic_defaults": {"partitions": partitions, "replication_factor": 1},
+        "sources": [{"name": "bench-feed", "kind": "mllp", "format": "hl7v2", "options": {"port": 0}}],
+        "destinations": [{
+            "name": "bench-ehr",
+            "purpose": "TREAT",
+            "event_types": ["ADT^*"],
+            "allow": ["Patient.identifier", "Patient.name", "Patient.birthDate", "Patient.gender", "Patient.address",
+                      "Encounter.identifier", "Encounter.status", "Encounter.class", "Encounter.period"],
+            "sink": {"kind": "postgres", "options": {"dsn": dsn, "table": "bench_ehr"}},
+        }],
+    }
+
+
+def _rss_peak_mb(pids: list[int]) -> float:
+    total_kb = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total_kb / 1024, 1)
+
+
+def _rows(dsn: str, run: str | None = None) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        try:
+            if run is None:
+                row = conn.execute("SELECT count(*) FROM bench_ehr").fetchone()
+            else:
+                row = conn.execute("SELECT count(*) FROM bench_ehr WHERE event->>'source_message_id' LIKE %s",
+                                   (f"{run}%",)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+    return int(row[0]) if row else 0
+
+
+def _latencies_ms(dsn: str, run: str) -> list[float]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT EXTRACT(EPOCH FROM (delivered_at - received_at)) * 1000 FROM bench_ehr "
+            "WHERE event->>'source_message_id' LIKE %s", (f"{run}%",)).fetchall()
+    return sorted(float(r[0]) for r in rows)
+
+
+async def _closed_loop(port: int, messages: list[bytes], connections: int) -> int:
+    from connectors.sources.mllp.client import MllpClient
+    from schemas.hl7v2.ack import ack_code_of
+
+    acked = 0
+
+    async def conn(chunk: list[bytes]) -> None:
+        nonlocal acked
+        async with MllpClient("127.0.0.1", port) as client:
+            for m in chunk:
+                if ack_code_of(await client.send(m))[0] == "AA":
+                    acked += 1
+
+    await asyncio.gather(*(conn(messages[i::connections]) for i in range(connections)))
+    return acked
+
+
+async def _paced(port: int, messages: list[bytes], rate: float, connections: int) -> int:
+    """Open loop: message i is due at start + i/rate, whatever the ACK latency."""
+    from connectors.sources.mllp.client import MllpClient
+    from schemas.hl7v2.ack import ack_code_of
+
+    start = time.perf_counter() + 0.2
+    acked = 0
+
+    async def conn(offset: int) -> None:
+        nonlocal acked
+        async with MllpClient("127.0.0.1", port) as client:
+            for i in range(offset, len(messages), connections):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if ack_code_of(await client.send(messages[i]))[0] == "AA":
+                    acked += 1
+
+    await asyncio.gather(*(conn(c) for c in range(connections)))
+    return acked
+
+
+def _wait_rows(dsn: str, target: int, run: str, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _rows(dsn, run) >= target:
+            return time.perf_counter()
+        time.sleep(0.05)
+    raise TimeoutError(f"only {_rows(dsn, run)} of {target} rows after {timeout_s}s")
+
+
+def run_pipeline_bench(messages: int, connections: int, offered_rate: float, paced_messages: int,
+                       partitions: int, workers: int) -> dict[str, Any]:
+    from confluent_kafka.admin import AdminClient
+
+    from connectors.sinks.pg_local import start_local_postgres
+    from topology.broker import EmbeddedBroker, cluster
+    from topology.model import load_topology
+    from topology.plan import ensure_topics
+
+    workdir = Path(tempfile.mkdtemp(prefix="clinstream-bench-"))
+    server = None
+    dsn = os.environ.get("CLINSTREAM_PG_DSN")
+    if not dsn:
+        server = start_local_postgres(workdir)
+        dsn = server.dsn
+    try:
+        with cluster() as settings:
+            bootstrap = settings.require_bootstrap()
+            topo_path = workdir / "topology.yaml"
+            topo_path.write_text(yaml.safe_dump(_topology(dsn, partitions)))
+            ensure_topics(load_topology(topo_path), AdminClient(settings.librdkafka()))
+            env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1"}
+            with processes() as procs:
+                source = _spawn(["run", "source", "--topology", str(topo_path)], env, workdir / "source.log", True,
+                                ops_port=free_port())
+                procs.append(source)
+                app_id = f"bench-worker-{int(time.time())}"
+                for w in range(workers):
+                    procs.append(_spawn(["run", "worker", "--topology", str(topo_path), "--data-dir",
+                                         str(workdir / f"worker{w}"), "--app-id", app_id],
+                                        env, workdir / f"worker{w}.log", ops_port=free_port()))
+                procs.append(_spawn(["run", "sink", "--topology", str(topo_path), "--destination", "bench-ehr",
+                                     "--group-id", f"bench-sink-{int(time.time())}"], env, workdir / "sink.log",
+                                    ops_port=free_port()))
+                assert source.stdout is not None
+                ready = orjson.loads(source.stdout.readline())
+                port = int(ready["ready"]["bench-feed"]["port"])
+                # warm-up: group joins, table recovery, first batches
+                warm = [bench_message(i, "W") for i in range(200)]
+                asyncio.run(_closed_loop(port, warm, 4))
+                _wait_rows(dsn, len(warm), "W", 180)
+                # 1. sustained throughput
+                batch = [bench_message(i, "T") for i in range(messages)]
+                t0 = time.perf_counter()
+                acked = asyncio.run(_closed_loop(port, batch, connections))
+                t_acked = time.perf_counter()
+                t_done = _wait_rows(dsn, messages, "T", 600)
+                # 2. latency at a fixed offered rate
+                paced = [bench_message(i, "L") for i in range(paced_messages)]
+                acked_paced = asyncio.run(_paced(port, paced, offered_rate, connections))
+                _wait_rows(dsn, paced_messages, "L", 300)
+                lat = _latencies_ms(dsn, "L")
+                broker_pids = [p for p in _broker_pids()]
+                rss = _rss_peak_mb([p.pid for p in procs] + broker_pids)
+            q = statistics.quantiles(lat, n=100)
+            return {
+                "msgs_per_s": round(messages / (t_done - t0), 1),
+                "ingest_msgs_per_s": round(acked / (t_acked - t0), 1),
+                "p50_ms": round(q[49], 1),
+                "p99_ms": round(q[98], 1),
+                "offered_rate": offered_rate,
+                "rss_mb": rss,
+                "messages": messages,
+                "paced_messages": paced_messages,
+                "acked": acked + acked_paced,
+                "connections": connections,
+                "partitions": partitions,
+                "workers": workers,
+                "broker": "embedded" if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "external",
+                "logs": str(workdir),
+            }
+    finally:
+        if server is not None:
+            server.stop()
+        _ = EmbeddedBroker  # the embedded broker (if any) stops with cluster()
+
+
+def _broker_pids() -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"tansu" in cmd.split(b"\0", 1)[0]:
+                out.append(int(d.name))
+    return out
+
+
+def add_bench_pipeline_parser(bench: Any) -> None:
+    p = bench.add_parser("pipeline", help="end to end: MLLP -> agents -> Postgres; msgs/s, p50/p99, RSS")
+    p.add_argument("--messages", type=int, default=20000)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--offered-rate", type=float, default=1000.0)
+    p.add_argument("--paced-messages", type=int, default=10000)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=bench_pipeline_command)
+
+
+def bench_pipeline_command(args: argparse.Namespace) -> int:
+    result = run_pipeline_bench(args.messages, args.connections, args.offered_rate, args.paced_messages,
+                                args.partitions, args.workers)
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(f"pipeline: {result['msgs_per_s']} msg/s sustained (ingest {result['ingest_msgs_per_s']} msg/s), "
+              f"at {result['offered_rate']:.0f} msg/s offered: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; "
+              f"peak RSS {result['rss_mb']} MB (broker + clinstream processes)")
+    return 0
