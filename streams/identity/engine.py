@@ -40,6 +40,8 @@ AUTO_LINK = "auto-link"
 REVIEW = "review"
 NEW = "new"
 
+# A partial SSN (say the last four typed into the SSN field) must never link on its own.
+MIN_STRONG_SSN_DIGITS = 7
 EUID_NAMESPACE = uuid.UUID("6f1c1f0e-7f0a-5a55-9c1d-5b0e1d3a9e11")
 _SSN_INDEX = _FUNCS.index(COMPARISONS[-1].compare) if COMPARISONS[-1].name == "ssn" else -1
 # Feature positions worth interning: names, codes, dates and places repeat across patients.
@@ -249,7 +251,7 @@ class MatchEngine:
         # 3. Probabilistic, with strong identifiers checked against the demographics.
         scored = self.score_candidates(feats)
         strong_euid = None
-        if "ssn" in self.strong_identifiers and feats[F_SSN]:
+        if "ssn" in self.strong_identifiers and len(feats[F_SSN]) >= MIN_STRONG_SSN_DIGITS:
             strong_euid = get("x:ssn|" + feats[F_SSN])
             if strong_euid is not None:
                 strong_euid = self.current_euid(strong_euid)
@@ -361,7 +363,7 @@ class MatchEngine:
             key = "i:" + ident.key()
             if get(key) is None:
                 store.put(key, euid)
-        if feats[F_SSN] and "ssn" in self.strong_identifiers:
+        if len(feats[F_SSN]) >= MIN_STRONG_SSN_DIGITS and "ssn" in self.strong_identifiers:
             key = "x:ssn|" + feats[F_SSN]
             if get(key) is None:
                 store.put(key, euid)

@@ -255,3 +255,11 @@ def test_resolution_to_dict_is_json(engine: MatchEngine, alice: PatientRecord) -
     data = json.loads(json.dumps(res.to_dict()))
     assert data["band"] == AUTO_LINK and data["best_candidate"]["record_ref"] == "ehr|A1"
     assert "Alice" not in json.dumps(data) and "Smith" not in json.dumps(data)  # no PHI
+
+
+def test_partial_ssn_is_not_a_strong_identifier(engine: MatchEngine) -> None:
+    a = PatientRecord("1", "ehr", family="Nguyen", given="Lan", birth_date="1990-01-01", ssn="6780")
+    b = PatientRecord("2", "lab", family="Olsen", given="Per", birth_date="1950-06-06", ssn="6780")
+    engine.add(a)
+    res = engine.resolve(b)
+    assert res.band == NEW and not res.deterministic
