@@ -30,7 +30,7 @@ from psycopg import sql
 from pydantic import Field, field_validator
 
 from connectors.sinks.base import Sink, SinkBatch, SinkOptions
-from connectors.sinks.errors import SinkConfigError, SinkOffsetsMoved, SinkRejected, SinkRetryable
+from connectors.sinks.errors import SinkConfigError, SinkError, SinkOffsetsMoved, SinkRejected, SinkRetryable
 from connectors.sinks.registry import register_sink
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,10 @@ class PostgresSink(Sink):
                 (self.consumer_name, topic, list(partitions)),
             ).fetchall()
             conn.rollback()
-        except psycopg.OperationalError as exc:
+        except psycopg.errors.ProgrammingError as exc:
+            conn.rollback()
+            raise SinkError(f"cannot read offsets (create_tables off and no offsets table?): {exc}") from exc
+        except psycopg.Error as exc:
             self._drop_connection()
             raise SinkRetryable(f"reading offsets failed: {exc}") from exc
         out = {int(p): int(o) for p, o in rows}
@@ -270,6 +273,9 @@ class PostgresSink(Sink):
                 self._store_offsets(conn, batches)
         except (SinkOffsetsMoved, SinkRejected):
             raise
+        except psycopg.errors.ProgrammingError as exc:
+            # Missing table/column, no privilege: waiting will not fix it, an operator must.
+            raise SinkError(f"PostgreSQL sink misconfigured: {type(exc).__name__}: {exc}") from exc
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             # Content the database refuses (bad unicode escape, constraint...): permanent for these rows.
             reason = exc.diag.message_primary or str(exc)
