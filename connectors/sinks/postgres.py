@@ -51,6 +51,7 @@ def _ident(value: str) -> str:
 
 class PostgresOptions(SinkOptions):
     dsn: str | None = Field(default=None, description=f"libpq DSN; default: env {DSN_ENV}")
+    dsn_env: str | None = Field(default=None, description="env var holding the DSN (keeps passwords out of YAML)")
     table: str = "clinstream_events"
     schema_name: str = Field(default="public", alias="schema")
     offsets_table: str = "clinstream_sink_offsets"
@@ -92,9 +93,16 @@ class PostgresSink(Sink):
 
     def __init__(self, options: PostgresOptions, destination: str, settings: Any = None) -> None:  # type: ignore[override]
         super().__init__(options, destination, settings)
-        dsn = options.dsn or os.environ.get(DSN_ENV)
+        if options.dsn_env:
+            dsn = os.environ.get(options.dsn_env)
+            if not dsn:
+                raise SinkConfigError("sink.options.dsn_env", f"environment variable {options.dsn_env} is not set")
+        else:
+            dsn = options.dsn or os.environ.get(DSN_ENV)
         if not dsn:
-            raise SinkConfigError("sink.options.dsn", f"no DSN: set options.dsn or the {DSN_ENV} environment variable")
+            raise SinkConfigError(
+                "sink.options.dsn", f"no DSN: set options.dsn, options.dsn_env or the {DSN_ENV} environment variable"
+            )
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
         # Where this writer believes each partition's stored offset is (the fencing token).
