@@ -268,7 +268,8 @@ class SinkRunner:
                 self.stats.reseeks += 1
                 self.stats.last_error = str(exc)
                 log.warning("sink %s: %s", self.sink.destination, exc)
-                self._reseek(exc.partitions)
+                # The whole write was rolled back, so every partition in it goes back to the target's offsets.
+                self._reseek(sorted({b.partition for b in batches} | set(exc.partitions)))
                 return None
             except SinkRejected as exc:
                 return self._deliver_rejecting(batches, raw, exc, stop)
