@@ -7,6 +7,7 @@ embedded broker / local PostgreSQL binaries), so the same tests run anywhere.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -61,7 +62,16 @@ def fresh_pg_dsn(pg_dsn: str, unique_name: Callable[[str], str]) -> str:
 
     db = unique_name("db").replace("-", "_")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
+        for attempt in range(20):
+            try:
+                conn.execute(f'CREATE DATABASE "{db}"')
+                break
+            except psycopg.errors.ObjectInUse:
+                # "source database template1 is being accessed by other users": another CREATE DATABASE
+                # on a shared server (CLINSTREAM_TEST_PG_DSN) holds it for a moment.
+                if attempt == 19:
+                    raise
+                time.sleep(0.25)
     params = conninfo_to_dict(pg_dsn)
     params["dbname"] = db
     return make_conninfo(**params)

@@ -30,7 +30,7 @@ from psycopg import sql
 from pydantic import Field, field_validator
 
 from connectors.sinks.base import Sink, SinkBatch, SinkOptions
-from connectors.sinks.errors import SinkConfigError, SinkOffsetsMoved, SinkRejected, SinkRetryable
+from connectors.sinks.errors import SinkConfigError, SinkError, SinkOffsetsMoved, SinkRejected, SinkRetryable
 from connectors.sinks.registry import register_sink
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def _ident(value: str) -> str:
 
 class PostgresOptions(SinkOptions):
     dsn: str | None = Field(default=None, description=f"libpq DSN; default: env {DSN_ENV}")
+    dsn_env: str | None = Field(default=None, description="env var holding the DSN (keeps passwords out of YAML)")
     table: str = "clinstream_events"
     schema_name: str = Field(default="public", alias="schema")
     offsets_table: str = "clinstream_sink_offsets"
@@ -92,9 +93,16 @@ class PostgresSink(Sink):
 
     def __init__(self, options: PostgresOptions, destination: str, settings: Any = None) -> None:  # type: ignore[override]
         super().__init__(options, destination, settings)
-        dsn = options.dsn or os.environ.get(DSN_ENV)
+        if options.dsn_env:
+            dsn = os.environ.get(options.dsn_env)
+            if not dsn:
+                raise SinkConfigError("sink.options.dsn_env", f"environment variable {options.dsn_env} is not set")
+        else:
+            dsn = options.dsn or os.environ.get(DSN_ENV)
         if not dsn:
-            raise SinkConfigError("sink.options.dsn", f"no DSN: set options.dsn or the {DSN_ENV} environment variable")
+            raise SinkConfigError(
+                "sink.options.dsn", f"no DSN: set options.dsn, options.dsn_env or the {DSN_ENV} environment variable"
+            )
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
         # Where this writer believes each partition's stored offset is (the fencing token).
@@ -219,7 +227,10 @@ class PostgresSink(Sink):
                 (self.consumer_name, topic, list(partitions)),
             ).fetchall()
             conn.rollback()
-        except psycopg.OperationalError as exc:
+        except psycopg.errors.ProgrammingError as exc:
+            conn.rollback()
+            raise SinkError(f"cannot read offsets (create_tables off and no offsets table?): {exc}") from exc
+        except psycopg.Error as exc:
             self._drop_connection()
             raise SinkRetryable(f"reading offsets failed: {exc}") from exc
         out = {int(p): int(o) for p, o in rows}
@@ -270,6 +281,9 @@ class PostgresSink(Sink):
                 self._store_offsets(conn, batches)
         except (SinkOffsetsMoved, SinkRejected):
             raise
+        except psycopg.errors.ProgrammingError as exc:
+            # Missing table/column, no privilege: waiting will not fix it, an operator must.
+            raise SinkError(f"PostgreSQL sink misconfigured: {type(exc).__name__}: {exc}") from exc
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             # Content the database refuses (bad unicode escape, constraint...): permanent for these rows.
             reason = exc.diag.message_primary or str(exc)

@@ -246,12 +246,14 @@ class SinkRunner:
             return
         self.stats.batches += 1
         self.stats.delivered += delivered
-        if self.commit_to_kafka and self._consumer is not None:
+        # Sinks storing offsets in the target commit to the group only for lag dashboards (async,
+        # optional). For idempotent sinks the group offset IS the resume point: always, synchronously.
+        if (self.commit_to_kafka or not self.sink.stores_offsets) and self._consumer is not None:
             offsets = [TopicPartition(self.topic, b.partition, b.next_offset) for b in batches]
             try:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
-            except KafkaException as exc:  # only lag monitoring depends on it
-                log.debug("group commit failed: %s", exc)
+                self._consumer.commit(offsets=offsets, asynchronous=self.sink.stores_offsets)
+            except KafkaException as exc:  # at worst a replay of idempotent writes after a restart
+                log.warning("group commit failed: %s", exc)
 
     def _deliver(self, batches: list[SinkBatch], raw: dict[tuple[int, int], Message],
                  stop: threading.Event) -> int | None:
@@ -266,7 +268,8 @@ class SinkRunner:
                 self.stats.reseeks += 1
                 self.stats.last_error = str(exc)
                 log.warning("sink %s: %s", self.sink.destination, exc)
-                self._reseek(exc.partitions)
+                # The whole write was rolled back, so every partition in it goes back to the target's offsets.
+                self._reseek(sorted({b.partition for b in batches} | set(exc.partitions)))
                 return None
             except SinkRejected as exc:
                 return self._deliver_rejecting(batches, raw, exc, stop)
@@ -451,6 +454,9 @@ def sink_main(argv: Sequence[str] | None = None) -> int:
     restore = _install_signal_handlers(stop)
     try:
         stats = runner.run(stop)
+    except SinkError as exc:  # a non-retryable sink failure (e.g. missing table with create_tables off)
+        print(f"clinstream sink {args.destination}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     finally:
         restore()
     print(f"sink {args.destination}: delivered={stats.delivered} dlq={stats.dlq} retries={stats.retries}",

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 import yaml
@@ -45,6 +46,19 @@ def _scalar(dsn: str, query: str) -> int:
         return int(conn.execute(query).fetchone()[0])  # type: ignore[index]
 
 
+def _feeder(dest: Dest, expected: dict[int, int]) -> threading.Thread:
+    """Produce N events in chunks while the sink runs, so the kill lands mid-stream."""
+
+    def feed() -> None:
+        for start in range(0, N, 100):
+            chunk = [make_event(i, dest.name) for i in range(start, start + 100)]
+            for p, o in produce(dest.bootstrap, dest.topic, chunk, key=lambda i: f"k{i}".encode()).items():
+                expected[p] = max(expected.get(p, 0), o)
+            time.sleep(0.05)
+
+    return threading.Thread(target=feed, daemon=True)
+
+
 def test_sigkill_mid_run_then_restart_delivers_each_event_exactly_once(
     dest: Dest, fresh_pg_dsn: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -62,15 +76,7 @@ def test_sigkill_mid_run_then_restart_delivers_each_event_exactly_once(
                      " FOR EACH ROW EXECUTE FUNCTION log_write()")
 
     expected: dict[int, int] = {}
-
-    def feed() -> None:  # produce while the sink runs, so the kill lands mid-stream
-        for start in range(0, N, 100):
-            chunk = [make_event(i, dest.name) for i in range(start, start + 100)]
-            for p, o in produce(dest.bootstrap, dest.topic, chunk, key=lambda i: f"k{i}".encode()).items():
-                expected[p] = max(expected.get(p, 0), o)
-            time.sleep(0.05)
-
-    feeder = threading.Thread(target=feed, daemon=True)
+    feeder = _feeder(dest, expected)
     first = _spawn(topo, dest, unique_name("g"))
     try:
         feeder.start()
@@ -121,3 +127,54 @@ def test_sink_main_config_error_names_the_key(tmp_path: Path, capsys: pytest.Cap
 
     rc = sink_main(["--topology", str(topo), "--destination", "nope", "--bootstrap", "127.0.0.1:1"])
     assert rc == 2 and "no destination named 'nope'" in capsys.readouterr().err
+
+
+def _ndjson_committed(root: Path, topic: str) -> dict[int, int]:
+    """offsets.json is replaced atomically, so it can be read while the sink writes."""
+    committed = {}
+    for commit in (root / topic).glob("p*/offsets.json"):
+        data = orjson.loads(commit.read_bytes())
+        committed[int(data["partition"])] = int(data["next_offset"])
+    return committed
+
+
+def _ndjson_ids(root: Path, topic: str) -> list[str]:
+    return [orjson.loads(line)["event_id"] for f in sorted((root / topic).glob("p*/*.ndjson"))
+            for line in f.read_bytes().splitlines() if line]
+
+
+def test_ndjson_sink_process_sigkill_and_restart(
+    dest: Dest, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    topo = _topology(tmp_path, dest.name, {"kind": "ndjson", "options": {"directory": str(out),
+                                                                         "roll_bytes": 200_000}})
+    expected: dict[int, int] = {}
+    feeder = _feeder(dest, expected)
+    first = _spawn(topo, dest, unique_name("g"))
+    try:
+        feeder.start()
+        wait_until(lambda: first.poll() is None and sum(_ndjson_committed(out, dest.topic).values()) >= 300,
+                   40, "the first sink process to commit some lines")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    committed_at_kill = sum(_ndjson_committed(out, dest.topic).values())
+    feeder.join(60)
+    assert sum(expected.values()) == N
+
+    second = _spawn(topo, dest, unique_name("g"))
+    try:
+        wait_until(lambda: second.poll() is None and _ndjson_committed(out, dest.topic) == expected,
+                   60, "the restarted sink to commit everything")
+        second.send_signal(signal.SIGTERM)
+        _out, err = second.communicate(timeout=30)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, err
+    assert f"delivered={N - committed_at_kill} " in err, (committed_at_kill, err)
+    ids = _ndjson_ids(out, dest.topic)
+    assert len(ids) == N and len(set(ids)) == N, "every event exactly once in the files"

@@ -44,6 +44,11 @@ def test_postgres_without_dsn_names_the_key(monkeypatch: pytest.MonkeyPatch) -> 
     assert info.value.key == "sink.options.dsn"
     monkeypatch.setenv("CLINSTREAM_PG_DSN", "postgresql://u@h/db")
     assert create_sink(SinkSpec(kind="postgres", options={"table": "t"}), "ehr").kind == "postgres"
+    with pytest.raises(SinkConfigError) as info:
+        create_sink(SinkSpec(kind="postgres", options={"dsn_env": "EHR_PG_DSN_UNSET"}), "ehr")
+    assert info.value.key == "sink.options.dsn_env" and "EHR_PG_DSN_UNSET" in str(info.value)
+    monkeypatch.setenv("EHR_PG_DSN", "postgresql://u@h/ehr")
+    assert create_sink(SinkSpec(kind="postgres", options={"dsn_env": "EHR_PG_DSN"}), "ehr")._dsn.endswith("/ehr")  # type: ignore[attr-defined]
 
 
 def test_register_custom_sink() -> None:
