@@ -50,7 +50,9 @@ def stages_for(app: faust.App, topology: Topology, *, mpi_model: str | None = No
         stages.append(NormalizeStage(input_topics=raw))
     seen = app.Table("dedupe-seen", default=None, partitions=partitions, key_type=str, value_type=str)
     stages.append(DedupeStage(seen=seen, window_s=dedupe_window_s))
-    index = app.GlobalTable("mpi-index", default=None, partitions=partitions, key_type=str)
+    # use_partitioner: a key's changelog partition comes from the key itself, not from the event being
+    # processed, so one key's history stays in order on one partition and recovery restores its last value.
+    index = app.GlobalTable("mpi-index", default=None, partitions=partitions, key_type=str, use_partitioner=True)
     model = load_model(mpi_model) if mpi_model else default_model()
     stages.append(IdentityStage(engine=MatchEngine(model, store=TableStore(index))))
     consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str)

@@ -14,9 +14,10 @@ EUID; the next record that matches both reports ``also-matches`` and the pair
 goes to review — a missed link is preferred to a false merge.
 
 Merges: a ``Patient.link`` of type ``replaces`` (ADT^A40/A41/A47 MRG, FHIR
-merge) makes the replaced EUID an alias of the surviving one (``m:`` key);
-every later event for the old identifiers is keyed by the survivor, and a
-``merge`` event on ``mpi.links`` tells downstream systems to re-key history.
+merge) folds the replaced EUID into the surviving one (``MatchEngine.merge``:
+index entries re-pointed, an ``m:`` forwarding key left behind); every later
+event for the old identifiers is keyed by the survivor, and a ``merge`` event
+on ``mpi.links`` tells downstream systems to re-key history.
 """
 
 from __future__ import annotations
@@ -78,15 +79,6 @@ class IdentityStage:
     def store(self) -> KeyValueStore:
         return self.engine.store
 
-    def canonical(self, euid: str) -> str:
-        seen = 0
-        while seen < 16:  # alias chains are short; the bound guards against a cycle
-            alias = self.store.get("m:" + euid)
-            if alias is None or alias == euid:
-                return euid
-            euid, seen = alias, seen + 1
-        return euid
-
     def process(self, record: InRecord) -> Outcome:
         if record.topic == MPI_REVIEW:
             return self._apply_decision(record)
@@ -101,7 +93,7 @@ class IdentityStage:
         rec = from_fhir_patient(patient, event["source"])
         resolution = self.engine.add(rec)
         assert resolution.euid is not None
-        euid = self.canonical(resolution.euid)
+        euid = self.engine.current_euid(resolution.euid)
         metrics.mpi_decision(resolution.band)
         key = euid.encode()
         outputs: list[Output] = []
@@ -115,7 +107,7 @@ class IdentityStage:
                 "type": "review-request",
                 "review_id": f"{event['event_id']}:{resolution.best_candidate.euid}",
                 "euid": euid,
-                "candidate_euid": self.canonical(resolution.best_candidate.euid),
+                "candidate_euid": self.engine.current_euid(resolution.best_candidate.euid),
                 "score": resolution.score,
                 "reasons": list(resolution.reasons),
                 "event_id": event["event_id"],
@@ -123,12 +115,12 @@ class IdentityStage:
             }), key))
         for system, value in _replaced_identifiers(patient, event["resources"]):
             old = self.store.get("i:" + Identifier(system, value, "").key())
-            if old is not None and self.canonical(old) != euid:
-                self.store.put("m:" + self.canonical(old), euid)
+            if old is not None and self.engine.current_euid(old) != euid:
+                retired = self.engine.current_euid(old)
+                self.engine.merge(euid, retired)
                 outputs.append(Output(MPI_LINKS, orjson.dumps({
-                    "type": "merge", "from_euid": old, "to_euid": euid, "event_id": event["event_id"], "at": now,
+                    "type": "merge", "from_euid": retired, "to_euid": euid, "event_id": event["event_id"], "at": now,
                 }), key))
-            self.store.put("i:" + Identifier(system, value, "").key(), euid)
         golden = self._golden(euid, patient, event)
         outputs.append(Output(MPI_PATIENTS, orjson.dumps(golden), key))
         event["patient"]["euid"] = euid
@@ -140,11 +132,11 @@ class IdentityStage:
         link = orjson.loads(record.value)
         if link.get("type") != DECISION or link.get("decision") != "accept":
             return Outcome.drop("review-request")
-        survivor = self.canonical(link["candidate_euid"])
-        merged = self.canonical(link["euid"])
+        survivor = self.engine.current_euid(link["candidate_euid"])
+        merged = self.engine.current_euid(link["euid"])
         if survivor == merged:
             return Outcome.drop("already-merged")
-        self.store.put("m:" + merged, survivor)
+        self.engine.merge(survivor, merged)
         merge = {"type": "merge", "from_euid": merged, "to_euid": survivor, "review_id": link.get("review_id"),
                  "at": utc_now_iso()}
         return Outcome.forward(Output(MPI_LINKS, orjson.dumps(merge), survivor.encode()))

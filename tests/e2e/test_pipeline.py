@@ -7,11 +7,13 @@ import signal
 import time
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
 from connectors.sources.mllp.client import MllpClient
 from schemas import headers as H
+from schemas.envelope import decode_event
 from schemas.hl7v2.ack import ack_code_of
 from tests.support.pipeline import Pipeline, adt_message, e2e_topology, wait_until
 from tests.support.topics import read_all
@@ -123,3 +125,27 @@ def test_duplicates_and_a_broken_message(pipeline: Pipeline):
     assert len(dedup) == 20  # the 5 resends were dropped by the dedupe stage, not by the sink
     dlq = [m for m in read_all(pipeline.bootstrap, "dlq.ingest") if m.value() == b"NOT HL7 AT ALL"]
     assert len(dlq) == 1
+
+
+def test_one_event_two_destinations_two_projections_two_disclosures(pipeline: Pipeline):
+    ehr, billing, _table = _dests(pipeline)
+    port = pipeline.start_source()
+    pipeline.start_worker()
+    assert asyncio.run(send_all(port, [adt_message(7, "A01")], connections=1)) == ["AA"]
+
+    def records(topic: str) -> list:
+        return [m for m in read_all(pipeline.bootstrap, topic)
+                if H.as_dict(m.headers()).get(H.SOURCE) == pipeline.source_name]
+
+    assert wait_until(lambda: records(f"dest.{ehr}") and records(f"dest.{billing}"), 120), pipeline.logs()
+    e = decode_event(records(f"dest.{ehr}")[0].value())
+    b = decode_event(records(f"dest.{billing}")[0].value())
+    assert e["event_id"] == b["event_id"]
+    pe = next(r for r in e["resources"] if r["resourceType"] == "Patient")
+    pb = next(r for r in b["resources"] if r["resourceType"] == "Patient")
+    assert "birthDate" in pe and "gender" in pe and pe["name"][0]["given"]
+    assert set(pb) <= {"resourceType", "identifier", "name"} and set(pb["name"][0]) == {"family"}
+    assert e["purpose"] == "TREAT" and b["purpose"] == "HPAYMT"
+    audits = [orjson.loads(m.value()) for m in read_all(pipeline.bootstrap, "audit.disclosures")
+              if H.as_dict(m.headers()).get(H.EVENT_ID) == e["event_id"]]
+    assert len(audits) == 2 and all(a["resourceType"] == "AuditEvent" for a in audits)
