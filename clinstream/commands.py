@@ -19,8 +19,10 @@ def register(sub: Sub) -> None:
     _bench(sub)
     _demo(sub)
     from streams.dlq import add_dlq_parser
+    from streams.replay import add_replay_parser
 
     add_dlq_parser(sub)
+    add_replay_parser(sub)
 
 
 def _topology_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
