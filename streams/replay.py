@@ -133,6 +133,7 @@ def _window(settings: KafkaSettings, topic: str, since_ms: int, until_ms: int | 
         "group.id": f"clinstream-replay-{report.run_id}",  # assign() only; never commits
         "enable.auto.commit": False,
         "enable.partition.eof": True,
+        "fetch.wait.max.ms": 20,  # read to the end and stop: no long empty fetches
     }))
     try:
         assignment = _start_offsets(consumer, topic, since_ms)
@@ -142,7 +143,7 @@ def _window(settings: KafkaSettings, topic: str, since_ms: int, until_ms: int | 
         consumer.assign(assignment)
         idle_deadline = time.monotonic() + 30
         while todo:
-            batch = consumer.consume(500, 0.5)
+            batch = consumer.consume(500, 0.1)
             if batch:
                 idle_deadline = time.monotonic() + 30
             elif time.monotonic() > idle_deadline:

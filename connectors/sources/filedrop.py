@@ -385,6 +385,7 @@ class FileDropSource:
             "group.id": f"clinstream-filedrop-{uuid.uuid4().hex[:10]}",  # assign() only, never commits
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 20,  # read to the end and stop: no long empty fetches
         }))
 
     def _current_tails(self) -> dict[str, dict[str, int]]:
@@ -424,7 +425,7 @@ class FileDropSource:
             consumer.assign(assignment)
             deadline = time.monotonic() + 60
             while todo and time.monotonic() < deadline:
-                for msg in consumer.consume(1000, 0.5):
+                for msg in consumer.consume(1000, 0.1):
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
