@@ -15,6 +15,7 @@ Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 def register(sub: Sub) -> None:
     from streams.dlq import add_dlq_parser
     from streams.normalize.hl7v2.cli import add_convert_parser
+    from streams.replay import add_replay_parser
 
     _broker(sub)
     _topology(sub)
@@ -26,6 +27,7 @@ def register(sub: Sub) -> None:
     _audit(sub)
     _preview(sub)
     add_dlq_parser(sub)
+    add_replay_parser(sub)
 
 
 def _topology_arg(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -138,6 +138,8 @@ def _consumer(settings: KafkaSettings) -> Consumer:
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
+        # tools read to the end and stop: do not let the broker hold an empty fetch open
+        "fetch.wait.max.ms": 20,
     }))
 
 
@@ -171,7 +173,7 @@ def scan(settings: KafkaSettings, topics: Sequence[str]) -> Iterator[Message]:
         consumer.assign(assignment)
         idle_deadline = time.monotonic() + 30
         while todo:
-            batch = consumer.consume(500, 0.5)
+            batch = consumer.consume(500, 0.1)
             if batch:
                 idle_deadline = time.monotonic() + 30
             elif time.monotonic() > idle_deadline:
@@ -192,7 +194,17 @@ def scan(settings: KafkaSettings, topics: Sequence[str]) -> Iterator[Message]:
 def fetch(settings: KafkaSettings, ref: RecordRef) -> Message:
     consumer = _consumer(settings)
     try:
-        consumer.assign([TopicPartition(ref.topic, ref.partition, ref.offset)])
+        md = consumer.list_topics(timeout=10)
+        if ref.topic not in md.topics or ref.partition not in md.topics[ref.topic].partitions:
+            raise DlqError(f"{ref}: no such topic/partition")
+        low, high = consumer.get_watermark_offsets(TopicPartition(ref.topic, ref.partition), timeout=10)
+        if ref.offset < low:
+            raise DlqError(f"{ref}: no such record (partition starts at {low})")
+        # ``high`` may lag the true end on the embedded broker (it reports the last batch's base
+        # offset + 1) but is never past it: starting at most at high - 1 always lands on a record,
+        # and reading on to the end-of-partition event tells whether ``ref.offset`` exists.
+        start = min(ref.offset, max(low, high - 1))
+        consumer.assign([TopicPartition(ref.topic, ref.partition, start)])
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
@@ -204,7 +216,8 @@ def fetch(settings: KafkaSettings, ref: RecordRef) -> Message:
                 raise DlqError(f"{ref}: {msg.error().str()}")
             if msg.offset() == ref.offset:
                 return msg
-            break
+            if msg.offset() > ref.offset:
+                break
         raise DlqError(f"{ref}: no such record")
     finally:
         consumer.close()

@@ -556,13 +556,11 @@ class FhirHttpSource:
 
 
 def _status_error(status: int, body: bytes) -> web.HTTPException:
-    cls = {401: web.HTTPUnauthorized, 413: web.HTTPRequestEntityTooLarge}.get(status, web.HTTPBadRequest)
-    if cls is web.HTTPRequestEntityTooLarge:
-        err: web.HTTPException = web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, body=body,
-                                                                content_type=FHIR_JSON)
-    else:
-        err = cls(body=body, content_type=FHIR_JSON)
-    return err
+    text = body.decode()
+    if status == 413:
+        return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, text=text, content_type=FHIR_JSON)
+    cls = {401: web.HTTPUnauthorized}.get(status, web.HTTPBadRequest)
+    return cls(text=text, content_type=FHIR_JSON)
 
 
 def _traceparent(event_id: str) -> str:

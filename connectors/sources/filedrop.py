@@ -175,7 +175,10 @@ class FileDropSource:
         self._own_producer = producer is None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one pass at a time: a file is never ingested twice concurrently
-        self._seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, first seen unchanged)
+        self._seen: dict[str, tuple[int, int, float]] = {}
+        # topic end offsets taken once per poll pass: a lower bound for every file of the pass,
+        # so a directory of one-message files costs one offsets lookup, not one per file
+        self._pass_tails: dict[str, dict[str, int]] | None = None  # name -> (size, mtime_ns, first seen unchanged)
         self.stats = FileStats()
 
     # -- lifecycle --------------------------------------------------------------
@@ -248,6 +251,7 @@ class FileDropSource:
         """Ingest every settled file in the inbox; returns how many files were finished."""
         finished = 0
         async with self._lock:
+            self._pass_tails = None
             for path in list(self._ready_files()):
                 if not path.exists():
                     continue
@@ -362,7 +366,9 @@ class FileDropSource:
         if isinstance(raw, dict) and raw.get("sha256") == digest:
             return Progress(digest, int(raw.get("produced", 0)), raw.get("tails") or {}), True
         # no progress (or another file of the same name): start at the current end of the topics
-        return Progress(digest, 0, self._current_tails()), False
+        if self._pass_tails is None:
+            self._pass_tails = self._current_tails()
+        return Progress(digest, 0, {t: dict(p) for t, p in self._pass_tails.items()}), False
 
     def _save_progress(self, name: str, progress: Progress) -> None:
         path = self._progress_path(name)
@@ -385,6 +391,7 @@ class FileDropSource:
             "group.id": f"clinstream-filedrop-{uuid.uuid4().hex[:10]}",  # assign() only, never commits
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 20,  # read to the end and stop: no long empty fetches
         }))
 
     def _current_tails(self) -> dict[str, dict[str, int]]:
@@ -424,7 +431,7 @@ class FileDropSource:
             consumer.assign(assignment)
             deadline = time.monotonic() + 60
             while todo and time.monotonic() < deadline:
-                for msg in consumer.consume(1000, 0.5):
+                for msg in consumer.consume(1000, 0.1):
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:

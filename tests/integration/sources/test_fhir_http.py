@@ -192,6 +192,14 @@ async def test_bearer_auth_refuses_before_reading_the_body(kafka_bootstrap: str,
         resp = await _raw_request(src.port, b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\n"
                                             b"Content-Type: application/fhir+json\r\nContent-Length: 500\r\n\r\n")
         assert resp.startswith(b"HTTP/1.1 401") and b"OperationOutcome" in resp and b"WWW-Authenticate" in resp
+        # Expect: 100-continue: refused before the client is even invited to send the body
+        resp = await _raw_request(src.port, b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                            b"Content-Type: application/fhir+json\r\nContent-Length: 500\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 401") and b"100 Continue" not in resp
+        resp = await _raw_request(src.port, b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                            b"Authorization: Bearer s3cret\r\n"
+                                            b"Content-Type: application/fhir+json\r\nContent-Length: 500\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 100 Continue")
         async with aiohttp.ClientSession() as http:
             body = orjson.dumps(patient("A1"))
             async with http.post(url(src, "/fhir/Patient"), data=body,
@@ -202,7 +210,7 @@ async def test_bearer_auth_refuses_before_reading_the_body(kafka_bootstrap: str,
                 assert r.status == 201
             async with http.get(url(src, "/healthz")) as r:
                 health = await r.json()
-        assert health["accepted"] == 1 and health["rejected"] == {"401": 2}
+        assert health["accepted"] == 1 and health["rejected"] == {"401": 3}
         assert len(read_all(kafka_bootstrap, src.topic, expect=1)) == 1
         assert dlq_for(kafka_bootstrap, src) == []  # unauthenticated bytes are not kept
     finally:

@@ -97,3 +97,22 @@ def test_redrive_to_origin_with_count_log_and_limits(dlq_setup, kafka_bootstrap:
     forced = redrive(settings, offsets=[f"{topic}:0:1"], force=True)
     assert forced.items[0].status == "redriven" and forced.items[0].redrive_count == 2
     assert len(read_all(kafka_bootstrap, origin, expect=3)) == 3
+
+
+def test_cli_list_show_redrive(dlq_setup, kafka_bootstrap: str, monkeypatch, capsys):
+    import json
+
+    from clinstream.cli import main
+
+    _, stage, topic, origin = dlq_setup
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    assert main(["dlq", "list", "--stage", stage, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sum(g["count"] for g in listed) == 5
+    assert main(["dlq", "show", f"{topic}:0:0"]) == 0
+    shown = capsys.readouterr().out
+    assert "PHI masked" in shown and "SMITH" not in shown and "error-class: Hl7ParseError" in shown
+    assert main(["dlq", "redrive", "--stage", stage, "--error-class", "Hl7ParseError", "--dry-run"]) == 0
+    assert "would redrive: 1; refused: 0; skipped: 0" in capsys.readouterr().out
+    assert main(["dlq", "show", f"{topic}:0:99"]) == 1
+    assert read_all(kafka_bootstrap, origin) == []
