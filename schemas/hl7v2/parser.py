@@ -258,12 +258,18 @@ class Rep:
         """
         v = self._vals
         if v is None:
-            parts = self._parts if self._parts is not None else self.components()
             raw = self.raw
+            parts = self._parts
+            if parts is None:
+                sep = self.sep
+                parts = self._parts = raw.split(sep) if sep else [raw]
             esc = self.enc.esc
             ss = self.subsep
-            if esc not in raw and (ss is None or ss not in raw):
-                v = parts[:]
+            if esc not in raw:
+                if ss is None or ss not in raw:
+                    v = parts[:]
+                else:
+                    v = [p.partition(ss)[0] for p in parts]
             else:
                 enc = self.enc
                 v = []
@@ -350,22 +356,24 @@ class Segment:
 
     def repetitions(self, n: int) -> list[Rep]:
         """The repetitions of field n (cached: the same list on every call, don't mutate it)."""
-        reps = self._reps.get(n)
+        cache = self._reps
+        reps = cache.get(n)
         if reps is not None:
             return reps
         f = self._fields if self._fields is not None else self.fields()
         raw = f[n] if 0 <= n < len(f) else ""
-        enc = self.enc
         if not raw:
-            reps = []
-        elif self.id == "MSH" and n <= 2:
+            reps = cache[n] = []
+            return reps
+        enc = self.enc
+        if n <= 2 and self.id == "MSH":
             reps = [Rep(raw, enc, None, None)]
         elif enc.rep in raw:
             comp, sub = enc.comp, enc.sub
             reps = [Rep(r, enc, comp, sub) for r in raw.split(enc.rep)]
         else:
             reps = [Rep(raw, enc, enc.comp, enc.sub)]
-        self._reps[n] = reps
+        cache[n] = reps
         return reps
 
     def rep(self, n: int, i: int = 0) -> Rep:
@@ -375,7 +383,7 @@ class Segment:
             reps = self.repetitions(n)
         if 0 <= i < len(reps):
             return reps[i]
-        return Rep("", self.enc, self.enc.comp, self.enc.sub)
+        return Rep("", self.enc, self.enc.comp, self.enc.sub)  # fresh: callers may cache on it
 
     def get(self, n: int, rep: int = 0, comp: int = 1, sub: int = 1) -> str:
         """Decoded leaf value of field n, repetition ``rep``, component, subcomponent."""
