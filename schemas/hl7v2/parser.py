@@ -224,7 +224,16 @@ def escape(value: str, enc: Encoding) -> str:
     return value
 
 
-_PAD = [""] * 20
+_PADS = [[""] * (20 - i) for i in range(20)]  # _PADS[n]: what pads an n-item list to 20
+_SUB_TAILS: dict[tuple[str, str], re.Pattern[str]] = {}
+
+
+def _sub_tails(sub: str, sep: str) -> re.Pattern[str]:
+    """Matches the 2nd..nth subcomponents of a component: deleting them leaves each first subcomponent."""
+    pat = _SUB_TAILS.get((sub, sep))
+    if pat is None:
+        pat = _SUB_TAILS[(sub, sep)] = re.compile(f"{re.escape(sub)}[^{re.escape(sep)}]*")
+    return pat
 
 
 class Rep:
@@ -267,7 +276,13 @@ class Rep:
             ss = self.subsep
             if esc not in raw:
                 if ss is None or ss not in raw:
-                    v = parts[:]
+                    n = len(parts)
+                    v = parts + _PADS[n] if n < 20 else parts[:]
+                    self._vals = v
+                    return v
+                sep = self.sep
+                if sep:
+                    v = _sub_tails(ss, sep).sub("", raw).split(sep)
                 else:
                     v = [p.partition(ss)[0] for p in parts]
             else:
@@ -280,7 +295,7 @@ class Rep:
                         p = unescape(p, enc)
                     v.append(p)
             if len(v) < 20:
-                v += _PAD[len(v):]
+                v += _PADS[len(v)]
             self._vals = v
         return v
 
@@ -319,6 +334,10 @@ class Rep:
 
     def __repr__(self) -> str:
         return f"Rep({self.raw!r})"
+
+
+# The absent repetition, one per encoding (a Rep is never modified once built).
+_EMPTY_REPS: dict[Encoding, Rep] = {}
 
 
 class Segment:
@@ -383,7 +402,12 @@ class Segment:
             reps = self.repetitions(n)
         if 0 <= i < len(reps):
             return reps[i]
-        return Rep("", self.enc, self.enc.comp, self.enc.sub)  # fresh: callers may cache on it
+        empty = _EMPTY_REPS.get(self.enc)
+        if empty is None:
+            empty = Rep("", self.enc, self.enc.comp, self.enc.sub)
+            if len(_EMPTY_REPS) < 256:
+                _EMPTY_REPS[self.enc] = empty
+        return empty
 
     def get(self, n: int, rep: int = 0, comp: int = 1, sub: int = 1) -> str:
         """Decoded leaf value of field n, repetition ``rep``, component, subcomponent."""

@@ -131,7 +131,8 @@ class Mapper:
             raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def cc(self, seg: Segment, n: int, rep: int = 0) -> dict[str, Any] | None:
-        return dt.codeable(seg.rep(n, rep))
+        reps = seg.repetitions(n)
+        return dt.codeable(reps[rep]) if 0 <= rep < len(reps) else None  # codeable(absent) is None
 
     def ccs(self, seg: Segment, n: int) -> list[dict[str, Any]]:
         return _collect(dt.codeable, seg.repetitions(n))
