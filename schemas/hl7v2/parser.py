@@ -224,7 +224,16 @@ def escape(value: str, enc: Encoding) -> str:
     return value
 
 
-_PAD = [""] * 20
+_PADS = [[""] * (20 - i) for i in range(20)]  # _PADS[n]: what pads an n-item list to 20
+_SUB_TAILS: dict[tuple[str, str], re.Pattern[str]] = {}
+
+
+def _sub_tails(sub: str, sep: str) -> re.Pattern[str]:
+    """Matches the 2nd..nth subcomponents of a component: deleting them leaves each first subcomponent."""
+    pat = _SUB_TAILS.get((sub, sep))
+    if pat is None:
+        pat = _SUB_TAILS[(sub, sep)] = re.compile(f"{re.escape(sub)}[^{re.escape(sep)}]*")
+    return pat
 
 
 class Rep:
@@ -258,12 +267,24 @@ class Rep:
         """
         v = self._vals
         if v is None:
-            parts = self._parts if self._parts is not None else self.components()
             raw = self.raw
+            parts = self._parts
+            if parts is None:
+                sep = self.sep
+                parts = self._parts = raw.split(sep) if sep else [raw]
             esc = self.enc.esc
             ss = self.subsep
-            if esc not in raw and (ss is None or ss not in raw):
-                v = parts[:]
+            if esc not in raw:
+                if ss is None or ss not in raw:
+                    n = len(parts)
+                    v = parts + _PADS[n] if n < 20 else parts[:]
+                    self._vals = v
+                    return v
+                sep = self.sep
+                if sep:
+                    v = _sub_tails(ss, sep).sub("", raw).split(sep)
+                else:
+                    v = [p.partition(ss)[0] for p in parts]
             else:
                 enc = self.enc
                 v = []
@@ -274,7 +295,7 @@ class Rep:
                         p = unescape(p, enc)
                     v.append(p)
             if len(v) < 20:
-                v += _PAD[len(v):]
+                v += _PADS[len(v)]
             self._vals = v
         return v
 
@@ -315,6 +336,10 @@ class Rep:
         return f"Rep({self.raw!r})"
 
 
+# The absent repetition, one per encoding (a Rep is never modified once built).
+_EMPTY_REPS: dict[Encoding, Rep] = {}
+
+
 class Segment:
     """One segment; fields are split on first access and cached, as are their repetitions."""
 
@@ -350,22 +375,24 @@ class Segment:
 
     def repetitions(self, n: int) -> list[Rep]:
         """The repetitions of field n (cached: the same list on every call, don't mutate it)."""
-        reps = self._reps.get(n)
+        cache = self._reps
+        reps = cache.get(n)
         if reps is not None:
             return reps
         f = self._fields if self._fields is not None else self.fields()
         raw = f[n] if 0 <= n < len(f) else ""
-        enc = self.enc
         if not raw:
-            reps = []
-        elif self.id == "MSH" and n <= 2:
+            reps = cache[n] = []
+            return reps
+        enc = self.enc
+        if n <= 2 and self.id == "MSH":
             reps = [Rep(raw, enc, None, None)]
         elif enc.rep in raw:
             comp, sub = enc.comp, enc.sub
             reps = [Rep(r, enc, comp, sub) for r in raw.split(enc.rep)]
         else:
             reps = [Rep(raw, enc, enc.comp, enc.sub)]
-        self._reps[n] = reps
+        cache[n] = reps
         return reps
 
     def rep(self, n: int, i: int = 0) -> Rep:
@@ -375,7 +402,12 @@ class Segment:
             reps = self.repetitions(n)
         if 0 <= i < len(reps):
             return reps[i]
-        return Rep("", self.enc, self.enc.comp, self.enc.sub)
+        empty = _EMPTY_REPS.get(self.enc)
+        if empty is None:
+            empty = Rep("", self.enc, self.enc.comp, self.enc.sub)
+            if len(_EMPTY_REPS) < 256:
+                _EMPTY_REPS[self.enc] = empty
+        return empty
 
     def get(self, n: int, rep: int = 0, comp: int = 1, sub: int = 1) -> str:
         """Decoded leaf value of field n, repetition ``rep``, component, subcomponent."""

@@ -28,6 +28,27 @@ def uuid5_str(name: str) -> str:
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
+def _sha1_prefix(prefix: str) -> Any:
+    """SHA-1 state after ``NAMESPACE + prefix``: hashing a tail from it equals ``uuid5_str(prefix + tail)``."""
+    h = _NS_SHA1.copy()
+    h.update(prefix.encode("utf-8", "surrogatepass"))
+    return h
+
+
+def _uuid5_from(state: Any, tail: str) -> str:
+    h = state.copy()
+    h.update(tail.encode("utf-8", "surrogatepass"))
+    x = h.hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+# Per-source SHA-1 prefix states, and ids of source-wide (unscoped) resources: Practitioner,
+# Organization, Location, Patient... recur across a source's messages.  Both bounded.
+_SOURCE_STATES: dict[str, Any] = {}
+_UNSCOPED_IDS: dict[tuple[str, str], str] = {}
+_UNSCOPED_IDS_MAX = 16384
+
+
 # Resources that are "what the message is about" (MessageHeader.focus).
 SUPPORTING = frozenset({"Practitioner", "Organization", "Location", "Provenance", "MessageHeader", "Device"})
 
@@ -53,15 +74,32 @@ class Ctx:
         self.patient: str | None = None
         self.encounter: str | None = None
         self.mtype, self.trigger, self.structure = msg.message_type
+        state = _SOURCE_STATES.get(source)
+        if state is None:
+            state = _sha1_prefix(f"{source}|")
+            if len(_SOURCE_STATES) < 256:
+                _SOURCE_STATES[source] = state
+        self._source_state = state
+        self._scoped_state = _sha1_prefix(f"{source}|{self.msg_key}|")
 
     # -- ids and registration -------------------------------------------------
     def make_id(self, key: str) -> str:
-        return uuid5_str(f"{self.source}|{key}")
+        """``uuid5(NAMESPACE, f"{source}|{key}")`` as a string."""
+        return _uuid5_from(self._source_state, key)
 
     def add(self, resource: dict[str, Any], key: str, *, scoped: bool = True) -> str:
         """Register ``resource`` (first one with a given id wins) and return its reference."""
         rtype = resource["resourceType"]
-        rid = self.make_id(f"{self.msg_key}|{rtype}|{key}" if scoped else f"{rtype}|{key}")
+        if scoped:
+            rid = _uuid5_from(self._scoped_state, f"{rtype}|{key}")  # == make_id(f"{msg_key}|{rtype}|{key}")
+        else:
+            ckey = (self.source, f"{rtype}|{key}")
+            rid = _UNSCOPED_IDS.get(ckey)  # type: ignore[assignment]
+            if rid is None:
+                rid = _uuid5_from(self._source_state, ckey[1])
+                if len(_UNSCOPED_IDS) >= _UNSCOPED_IDS_MAX:
+                    _UNSCOPED_IDS.clear()
+                _UNSCOPED_IDS[ckey] = rid
         ref = f"urn:uuid:{rid}"
         if ref not in self.resources:
             resource["id"] = rid
@@ -78,13 +116,15 @@ class Ctx:
         if not rep.raw:
             return None
         res: dict[str, Any] = {"resourceType": "Practitioner"}
-        ident = rep.get(1)
+        v = rep.vals()  # v[i] == rep.get(i + 1)
+        ident = v[0]
         if ident:
             pid: dict[str, Any] = {"value": ident}
-            system = dt.hd_system(rep.part(9))
+            parts = rep.components()
+            system = dt._hd_system_raw(parts[8], rep) if len(parts) > 8 else None
             if system:
                 pid["system"] = system
-            type_code = rep.get(13)
+            type_code = v[12]
             if type_code:
                 pid["type"] = {"coding": [{"system": f"{dt.V2}0203", "code": type_code}]}
             res["identifier"] = [pid]
@@ -93,7 +133,7 @@ class Ctx:
             res["name"] = [name]
         if len(res) == 1:
             return None
-        return self.add(res, f"{rep.get(1)}|{rep.get(9)}|{rep.get(2)}|{rep.get(3)}", scoped=False)
+        return self.add(res, f"{ident}|{v[8]}|{v[1]}|{v[2]}", scoped=False)
 
     def organization(self, name: str, ident: str = "", system: str | None = None) -> str | None:
         if not name and not ident:
@@ -112,28 +152,30 @@ class Ctx:
         """XON (name ^ ... ^ id number(3) ^ ... ^ assigning authority(6) ^ ... ^ identifier(10))."""
         if not rep.raw:
             return None
-        ident = rep.get(10) or rep.get(3)
-        return self.organization(rep.get(1), ident, dt.hd_system(rep.part(6)) if ident else None)
+        v = rep.vals()
+        ident = v[9] or v[2]
+        return self.organization(v[0], ident, dt.hd_system(rep.part(6)) if ident else None)
 
     def organization_hd(self, rep: Rep) -> str | None:
         """HD → Organization (namespace as name, universal id as identifier)."""
         if not rep.raw:
             return None
-        universal = rep.get(2)
+        v = rep.vals()
+        universal = v[1]
         system = "urn:ietf:rfc:3986" if universal else None
-        value = f"urn:oid:{universal}" if universal and rep.get(3).upper() in ("ISO", "") else universal
-        return self.organization(rep.get(1), value, system)
+        value = f"urn:oid:{universal}" if universal and v[2].upper() in ("ISO", "") else universal
+        return self.organization(v[0], value, system)
 
     def location(self, rep: Rep, physical: str | None = None) -> str | None:
         """PL → Location (one per distinct PL value)."""
         if not rep.raw:
             return None
-        parts = [rep.get(i) for i in (4, 7, 8, 1, 2, 3)]  # facility, building, floor, unit, room, bed
-        name = rep.get(9) or " ".join(p for p in parts if p)
-        if not name:
+        v = rep.vals()  # v[i] == rep.get(i + 1)
+        name = v[8] or " ".join(p for p in (v[3], v[6], v[7], v[0], v[1], v[2]) if p)  # facility, building,
+        if not name:  # floor, unit, room, bed
             return None
         res: dict[str, Any] = {"resourceType": "Location", "name": name, "mode": "instance"}
-        status = rep.get(5)
+        status = v[4]
         if status:
             res["operationalStatus"] = {"system": f"{dt.V2}0116", "code": status}
         if physical:

@@ -48,8 +48,9 @@ class DataTypeError(ValueError):
 _TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.?\d{1,4})?([+-]\d{4})?")
 
 
-_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _TS_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
+_MONTHS = frozenset(f"{m:02d}" for m in range(1, 13))
+_MONTHS_30 = frozenset({"04", "06", "09", "11"})
 
 
 def _split_ts(value: str) -> tuple[str, ...] | None:
@@ -57,18 +58,18 @@ def _split_ts(value: str) -> tuple[str, ...] | None:
     if not value:
         return None
     # Fast path for the common shapes (YYYY[MM[DD[HH[MM[SS[.S{1,4}]]]]]][+/-ZZZZ], ASCII digits):
-    # slicing instead of the regex; anything unusual or invalid goes the general way below,
-    # which also produces the error message.
-    body, tz = value, ""
-    n = len(value)
-    if n > 5 and value[-5] in "+-":
+    # slicing and two-digit string comparisons instead of the regex and int(); anything unusual
+    # or invalid goes the general way (_split_ts_slow), which also produces the error message.
+    tz = ""
+    body = value
+    if len(value) > 5 and value[-5] in "+-":
         tz = value[-5:]
         body = value[:-5]
-        if not (tz[1:].isdigit() and tz.isascii()) or int(tz[1:3]) > 14 or int(tz[3:5]) > 59:
+        if not (tz[1:].isdigit() and tz.isascii()) or tz[1:3] > "14" or tz[3:5] > "59":
             return _split_ts_slow(value)
     frac = ""
-    dot = body.find(".")
-    if dot >= 0:
+    if "." in body:
+        dot = body.index(".")
         frac = body[dot:]
         body = body[:dot]
         if not 2 <= len(frac) <= 5 or not frac[1:].isdigit() or len(body) != 14:
@@ -76,22 +77,29 @@ def _split_ts(value: str) -> tuple[str, ...] | None:
     n = len(body)
     if n not in _TS_LENGTHS or not body.isdigit() or not body.isascii():
         return _split_ts_slow(value)
-    year, month, day, hour, minute, second = body[:4], body[4:6], body[6:8], body[8:10], body[10:12], body[12:14]
-    if month:
-        m = int(month)
-        if not 1 <= m <= 12:
+    year = body[:4]
+    if n == 4:
+        return year, "", "", "", "", "", "", tz
+    month = body[4:6]
+    if month not in _MONTHS:
+        return _split_ts_slow(value)
+    if n == 6:
+        return year, month, "", "", "", "", "", tz
+    day = body[6:8]
+    if not "01" <= day <= "28":
+        if day == "00" or day > "31" or (day == "31" and month in _MONTHS_30):
             return _split_ts_slow(value)
-        if day:
-            d = int(day)
-            limit = _DAYS_IN_MONTH[m]
-            if m == 2:
-                y = int(year)
-                if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0):
-                    limit = 29
-            if not 1 <= d <= limit:
+        if month == "02":
+            y = int(year)
+            if day > "29" or not (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)):
                 return _split_ts_slow(value)
-            if hour and (int(hour) > 23 or (minute and int(minute) > 59) or (second and int(second) > 59)):
-                return _split_ts_slow(value)
+    if n == 8:
+        return year, month, day, "", "", "", "", tz
+    hour = body[8:10]
+    minute = body[10:12]
+    second = body[12:14]
+    if hour > "23" or minute > "59" or second > "59":
+        return _split_ts_slow(value)
     return year, month, day, hour, minute, second, frac, tz
 
 
@@ -150,7 +158,9 @@ def date(value: str) -> str | None:
     if parts is None:
         return None
     year, month, day = parts[:3]
-    return "-".join(p for p in (year, month, day) if p)
+    if not month:
+        return year
+    return f"{year}-{month}-{day}" if day else f"{year}-{month}"
 
 
 def instant(value: str, default_tz: str = "Z") -> str | None:

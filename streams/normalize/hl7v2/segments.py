@@ -36,6 +36,25 @@ _SIU_STATUS = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancel
                "S17": "entered-in-error", "S26": "noshow"}
 
 
+def _collect(fn: Callable[[Rep], Any], reps: list[Rep]) -> list[Any]:
+    """``[x for x in map(fn, reps) if x]`` without the generator frames."""
+    out = []
+    for r in reps:
+        x = fn(r)
+        if x:
+            out.append(x)
+    return out
+
+
+def _collect_with(fn: Callable[[Rep, Any], Any], reps: list[Rep], arg: Any) -> list[Any]:
+    out = []
+    for r in reps:
+        x = fn(r, arg)
+        if x:
+            out.append(x)
+    return out
+
+
 def _drop_empty(d: dict[str, Any]) -> dict[str, Any]:
     """``d`` without None / "" / [] / {} values (0 and False stay)."""
     return {k: v for k, v in d.items() if v or (v is not None and v != "" and v != [] and v != {})}
@@ -112,13 +131,14 @@ class Mapper:
             raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def cc(self, seg: Segment, n: int, rep: int = 0) -> dict[str, Any] | None:
-        return dt.codeable(seg.rep(n, rep))
+        reps = seg.repetitions(n)
+        return dt.codeable(reps[rep]) if 0 <= rep < len(reps) else None  # codeable(absent) is None
 
     def ccs(self, seg: Segment, n: int) -> list[dict[str, Any]]:
-        return [c for c in (dt.codeable(r) for r in seg.repetitions(n)) if c]
+        return _collect(dt.codeable, seg.repetitions(n))
 
     def practitioners(self, seg: Segment, n: int) -> list[str]:
-        return [p for p in (self.ctx.practitioner(r) for r in seg.repetitions(n)) if p]
+        return _collect(self.ctx.practitioner, seg.repetitions(n))
 
     def subject(self) -> dict[str, str] | None:
         return {"reference": self.ctx.patient} if self.ctx.patient else None
@@ -134,9 +154,9 @@ class Mapper:
     # -- patient administration ---------------------------------------------
     def seg_PID(self, seg: Segment) -> None:
         ctx = self.ctx
-        idents = [i for i in (dt.identifier(r) for r in seg.repetitions(3)) if i]
-        idents += [i for i in (dt.identifier(r) for r in seg.repetitions(2)) if i]  # v2.3 external id
-        idents += [i for i in (dt.identifier(r) for r in seg.repetitions(4)) if i]  # alternate id
+        idents = _collect(dt.identifier, seg.repetitions(3))
+        idents += _collect(dt.identifier, seg.repetitions(2))  # v2.3 external id
+        idents += _collect(dt.identifier, seg.repetitions(4))  # alternate id
         ssn = seg.get(19)
         if ssn:
             idents.append(dt.typed_identifier(ssn, "SS", "http://hl7.org/fhir/sid/us-ssn"))
@@ -148,7 +168,7 @@ class Mapper:
             idents.append(ident)
         patient: dict[str, Any] = {"resourceType": "Patient"}
         patient["identifier"] = [i for i in idents if i]
-        patient["name"] = [n for n in (dt.human_name(r) for r in seg.repetitions(5)) if n]
+        patient["name"] = _collect(dt.human_name, seg.repetitions(5))
         mother = seg.rep(6)
         if mother.raw:
             maiden = dt.human_name(mother)
@@ -162,9 +182,9 @@ class Mapper:
         gender = lookup("0001-gender", seg.get(8))
         if gender:
             patient["gender"] = gender
-        patient["address"] = [a for a in (dt.address(r) for r in seg.repetitions(11)) if a]
-        telecom = [t for t in (dt.contact_point(r, "home") for r in seg.repetitions(13)) if t]
-        telecom += [t for t in (dt.contact_point(r, "work") for r in seg.repetitions(14)) if t]
+        patient["address"] = _collect(dt.address, seg.repetitions(11))
+        telecom = _collect_with(dt.contact_point, seg.repetitions(13), "home")
+        telecom += _collect_with(dt.contact_point, seg.repetitions(14), "work")
         patient["telecom"] = telecom
         language = dt.codeable(seg.rep(15))
         if language:
@@ -199,7 +219,7 @@ class Mapper:
         ref = ctx.add(_drop_empty(patient), key, scoped=key.startswith("msg|"))
         ctx.patient = ref
         self.last = ref
-        mothers = [i for i in (dt.identifier(r) for r in seg.repetitions(21)) if i]
+        mothers = _collect(dt.identifier, seg.repetitions(21))
         if mothers:
             mother_rp = {"resourceType": "RelatedPerson", "patient": {"reference": ref}, "identifier": mothers,
                          "relationship": [{"coding": [{"system": V3_ROLE_CODE, "code": "MTH",
@@ -233,12 +253,12 @@ class Mapper:
                    "identifier": [dt.identifier(seg.rep(5))], "subject": self.subject()}
             self.last = ctx.add(_drop_empty(enc), f"prior-visit|{seg.field(5)}")
             return
-        idents = [i for i in (dt.identifier(r) for r in seg.repetitions(1)) if i]
-        idents += [i for i in (dt.identifier(r) for r in seg.repetitions(4)) if i]
+        idents = _collect(dt.identifier, seg.repetitions(1))
+        idents += _collect(dt.identifier, seg.repetitions(4))
         if not idents:
             return
         prior: dict[str, Any] = {"resourceType": "Patient", "active": False, "identifier": idents}
-        names = [n for n in (dt.human_name(r) for r in seg.repetitions(7)) if n]
+        names = _collect(dt.human_name, seg.repetitions(7))
         if names:
             prior["name"] = names
         if ctx.patient:
@@ -254,7 +274,7 @@ class Mapper:
         if not ctx.patient:
             return
         rp: dict[str, Any] = {"resourceType": "RelatedPerson", "patient": {"reference": ctx.patient}}
-        rp["name"] = [n for n in (dt.human_name(r) for r in seg.repetitions(2)) if n]
+        rp["name"] = _collect(dt.human_name, seg.repetitions(2))
         rels = []
         for n in (3, 7):
             rep = seg.rep(n)
@@ -268,16 +288,16 @@ class Mapper:
                 coding["display"] = rep.get(2)
             rels.append({"coding": [coding]})
         rp["relationship"] = rels
-        rp["address"] = [a for a in (dt.address(r) for r in seg.repetitions(4)) if a]
-        telecom = [t for t in (dt.contact_point(r, "home") for r in seg.repetitions(5)) if t]
-        telecom += [t for t in (dt.contact_point(r, "work") for r in seg.repetitions(6)) if t]
+        rp["address"] = _collect(dt.address, seg.repetitions(4))
+        telecom = _collect_with(dt.contact_point, seg.repetitions(5), "home")
+        telecom += _collect_with(dt.contact_point, seg.repetitions(6), "work")
         rp["telecom"] = telecom
         rp["period"] = dt.period(self.day(seg, 8), self.day(seg, 9))
         gender = lookup("0001-gender", seg.get(15))
         if gender:
             rp["gender"] = gender
         rp["birthDate"] = self.day(seg, 16)
-        rp["identifier"] = [i for i in (dt.identifier(r) for r in seg.repetitions(33)) if i]
+        rp["identifier"] = _collect(dt.identifier, seg.repetitions(33))
         language = dt.codeable(seg.rep(20))
         if language:
             rp["communication"] = [{"language": language}]
@@ -285,6 +305,8 @@ class Mapper:
 
     def seg_PV1(self, seg: Segment) -> None:
         ctx = self.ctx
+        f = seg.fields()  # raw fields: empty ones are skipped without building anything
+        nf = len(f)
         enc: dict[str, Any] = {"resourceType": "Encounter"}
         pclass = seg.get(2)
         mapped = lookup("0004-class", pclass)
@@ -302,7 +324,7 @@ class Mapper:
         visit = dt.identifier(seg.rep(19))
         if visit:
             visit.setdefault("type", {"coding": [{"system": f"{V2}0203", "code": "VN", "display": "Visit number"}]})
-        alt_visit = dt.identifier(seg.rep(50))
+        alt_visit = dt.identifier(seg.rep(50)) if nf > 50 and f[50] else None
         enc["identifier"] = [i for i in (visit, alt_visit) if i]
         admit_type = seg.get(4)
         if admit_type:
@@ -315,6 +337,8 @@ class Mapper:
         locations = []
         for n, loc_status, temporary in ((3, "active", False), (6, "completed", False), (11, "active", True),
                                          (42, "planned", False), (43, "completed", True)):
+            if n >= nf or not f[n]:
+                continue
             ref = ctx.location(seg.rep(n))
             if ref:
                 entry: dict[str, Any] = {"location": {"reference": ref}, "status": loc_status}
@@ -327,6 +351,8 @@ class Mapper:
         participants = []
         for n, code, display in ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
                                  (17, "ADM", "admitter")):
+            if n >= nf or not f[n]:
+                continue
             for ref in self.practitioners(seg, n):
                 participants.append({
                     "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
@@ -335,7 +361,7 @@ class Mapper:
                 })
         enc["participant"] = participants
         hosp: dict[str, Any] = {}
-        pre = dt.identifier(seg.rep(5))
+        pre = dt.identifier(seg.rep(5)) if nf > 5 and f[5] else None
         if pre:
             hosp["preAdmissionIdentifier"] = pre
         for n, key, table_id in ((13, "reAdmission", "0092"), (14, "admitSource", "0023"),
@@ -343,7 +369,7 @@ class Mapper:
             code = seg.get(n)
             if code:
                 hosp[key] = {"coding": [dt.table_coding(code, table_id)]}
-        diet = self.ccs(seg, 38)
+        diet = self.ccs(seg, 38) if nf > 38 and f[38] else None
         if diet:
             hosp["dietPreference"] = diet
         if hosp:
@@ -541,10 +567,10 @@ class Mapper:
             rp = {
                 "resourceType": "RelatedPerson",
                 "patient": {"reference": ctx.patient},
-                "name": [n for n in (dt.human_name(r) for r in seg.repetitions(3)) if n],
-                "address": [a for a in (dt.address(r) for r in seg.repetitions(5)) if a],
-                "telecom": [t for t in (dt.contact_point(r, "home") for r in seg.repetitions(6)) if t],
-                "identifier": [i for i in (dt.identifier(r) for r in seg.repetitions(2)) if i],
+                "name": _collect(dt.human_name, seg.repetitions(3)),
+                "address": _collect(dt.address, seg.repetitions(5)),
+                "telecom": _collect_with(dt.contact_point, seg.repetitions(6), "home"),
+                "identifier": _collect(dt.identifier, seg.repetitions(2)),
             }
             if rel:
                 role = lookup("0063", rel)
@@ -705,7 +731,7 @@ class Mapper:
         ref_range = seg.get(7)
         if ref_range:
             obs["referenceRange"] = [{"text": seg.field(7) and seg.rep(7).text}]
-        obs["interpretation"] = [i for i in (dt.interpretation(r) for r in seg.repetitions(8)) if i]
+        obs["interpretation"] = _collect(dt.interpretation, seg.repetitions(8))
         obs["method"] = self.cc(seg, 17)
         obs["bodySite"] = self.cc(seg, 20)
         performers = self.practitioners(seg, 16)
