@@ -32,9 +32,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import headers as H
 from schemas.envelope import EnvelopeError, decode_event, utc_now_iso
+from topology.model import REDRIVES
 from topology.settings import KafkaSettings
 
-REDRIVE_LOG = "audit.redrives"
+REDRIVE_LOG = REDRIVES
 DEFAULT_MAX_REDRIVES = 3
 MASK = "***"
 # headers describing the failure, not the record: dropped when the record goes back

@@ -23,22 +23,57 @@ from streams.route.stage import RouteStage
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.lag import LagMonitor
 from topology.model import CANONICAL, DEDUPED, IDENTIFIED, MPI_REVIEW, Topology
+from topology.producer import DurableProducer
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-class TableStore:
-    """A Faust table as the MPI engine's key-value store (``get``/``put`` of JSON values)."""
+_MISSING = object()
 
-    def __init__(self, table: Any) -> None:
+
+class TableStore:
+    """A Faust table as the MPI engine's key-value store, with a read cache and write-behind.
+
+    The engine reads the same blocking keys and entities over and over and writes each
+    touched key several times per batch; going to RocksDB (and JSON) for every read and
+    the changelog for every write cost more than the matching itself. Writes are kept in
+    ``_pending`` and flushed once per batch (before the batch's outputs are sent; Faust
+    flushes its changelog producer before committing offsets, so a crash replays the
+    batch rather than losing index writes). The read cache is bounded; in a multi-worker
+    deployment it may serve another worker's stale value until evicted, which can only
+    cost a missed link (a review or a new EUID), never a false one.
+    """
+
+    def __init__(self, table: Any, cache_entries: int = 500_000) -> None:
         self._table = table
+        self._pending: dict[str, Any] = {}
+        self._cache: dict[str, Any] = {}
+        self._cache_entries = cache_entries
 
     def get(self, key: str, default: Any = None, /) -> Any:
-        return self._table.get(key, default)
+        value = self._pending.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._cache.get(key, _MISSING)
+            if value is _MISSING:
+                value = self._table.get(key)
+                if len(self._cache) >= self._cache_entries:
+                    self._cache.clear()
+                self._cache[key] = value
+        return default if value is None else value
 
     def put(self, key: str, value: Any) -> None:
-        self._table[key] = value
+        self._pending[key] = value
+        self._cache[key] = value
+
+    def flush(self) -> None:
+        table = self._table
+        for key, value in self._pending.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        self._pending.clear()
 
 
 def stages_for(app: faust.App, topology: Topology, *, mpi_model: str | None = None,
@@ -74,7 +109,9 @@ def run_worker(
     def stages(app: faust.App) -> Sequence[Stage]:
         return stages_for(app, topology, mpi_model=mpi_model)
 
-    app = build_app(topology, settings, stages, app_id=app_id, data_dir=data_dir, web_port=web_port, store=store)
+    producer = DurableProducer(settings, linger_ms=5)
+    app = build_app(topology, settings, stages, app_id=app_id, data_dir=data_dir, web_port=web_port, store=store,
+                    producer=producer)
     health = HealthServer.from_settings(OpsSettings(), {"broker": broker_check(settings.librdkafka())})
     health.set_ready("agents", False)
 
@@ -95,6 +132,7 @@ def run_worker(
     finally:
         lag.stop()
         health.stop()
+        producer.close()
 
 
 def stages_for_topics(topology: Topology) -> list[list[str]]:

@@ -28,6 +28,7 @@ MPI_PATIENTS = "mpi.patients"
 MPI_REVIEW = "mpi.review"
 CONSENT = "consent.decisions"
 AUDIT = "audit.disclosures"
+REDRIVES = "audit.redrives"
 
 
 class TopologyError(ValueError):
@@ -183,7 +184,7 @@ class Topology(_Strict):
     def derived_topics(self) -> dict[str, TopicSpec]:
         """Every topic the pipeline uses, with the overrides from ``topics:`` applied."""
         names: list[tuple[str, CleanupPolicy]] = [(t, "delete") for t in self.raw_topics()]
-        names += [(t, "delete") for t in (CANONICAL, DEDUPED, IDENTIFIED, MPI_LINKS, MPI_REVIEW, AUDIT)]
+        names += [(t, "delete") for t in (CANONICAL, DEDUPED, IDENTIFIED, MPI_LINKS, MPI_REVIEW, AUDIT, REDRIVES)]
         names += [(MPI_PATIENTS, "compact"), (CONSENT, "compact")]
         names += [(d.topic, "delete") for d in self.destinations]
         names += [(f"tasks.{q}", "delete") for q in sorted({t.queue for t in self.triggers})]

@@ -38,10 +38,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.sources.base import SourceConfigError, parse_options, register_source
-from connectors.sources.producer import DeliveryError, DurableProducer
 from schemas import headers as H
 from schemas.envelope import event_id_for, utc_now_iso
 from topology.model import SourceSpec
+from topology.producer import DeliveryError, DurableProducer
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

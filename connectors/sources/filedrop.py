@@ -43,12 +43,12 @@ from connectors.sources.fhir_http import FhirRejection, parse_json, require_reso
 from connectors.sources.fhir_http import patient_key as fhir_patient_key
 from connectors.sources.hl7batch import Hl7FileError, split_hl7_file
 from connectors.sources.mllp.listener import patient_key as hl7_patient_key
-from connectors.sources.producer import DeliveryError, DurableProducer
 from schemas import headers as H
 from schemas.envelope import event_id_for, utc_now_iso
 from schemas.hl7v2.errors import Hl7ParseError
 from schemas.hl7v2.msh import peek_msh
 from topology.model import SourceSpec
+from topology.producer import DeliveryError, DurableProducer
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

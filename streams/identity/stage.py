@@ -79,6 +79,12 @@ class IdentityStage:
     def store(self) -> KeyValueStore:
         return self.engine.store
 
+    def flush(self) -> None:
+        """End of batch: a write-behind store (the worker's table store) writes out now."""
+        flush = getattr(self.engine.store, "flush", None)
+        if flush is not None:
+            flush()
+
     def process(self, record: InRecord) -> Outcome:
         if record.topic == MPI_REVIEW:
             return self._apply_decision(record)

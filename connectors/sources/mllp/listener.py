@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.sources.base import parse_options, register_source
 from connectors.sources.mllp.framing import Frame, Junk, MllpDecoder, OversizeFrame, frame
-from connectors.sources.producer import DeliveryError, DurableProducer
 from schemas import headers as H
 from schemas import metrics
 from schemas.envelope import event_id_for, utc_now_iso
@@ -31,6 +30,7 @@ from schemas.hl7v2.ack import AckError, build_ack
 from schemas.hl7v2.errors import Hl7ParseError
 from schemas.hl7v2.msh import MshHeader, peek_msh
 from topology.model import SourceSpec
+from topology.producer import DeliveryError, DurableProducer
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

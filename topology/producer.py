@@ -1,4 +1,4 @@
-"""The durable producer every source uses: idempotent, acks=all, batched, awaitable.
+"""The durable producer sources and stream agents use: idempotent, acks=all, batched, awaitable.
 
 ``await producer.send(...)`` returns only once the broker has durably accepted
 the record (its delivery report came back without error) — the precondition
@@ -83,6 +83,44 @@ class DurableProducer:
                 raise DeliveryError(f"{topic}: {exc}") from exc
         return await fut
 
+    def send_batch(
+        self, records: Sequence[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]]
+    ) -> asyncio.Future[None]:
+        """Produce many records (topic, key, value, headers); the future resolves once *all* are durable.
+
+        One future per batch instead of one per record: the agents produce several records per
+        input event, and per-record futures cost more than the produce calls themselves.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not records:
+            fut.set_result(None)
+            return fut
+        state = {"left": len(records), "error": None}
+        lock = threading.Lock()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            with lock:
+                if err is not None and state["error"] is None:
+                    state["error"] = f"{msg.topic()}: {err.str()}"
+                state["left"] -= 1
+                done = state["left"] == 0
+            if done:
+                if state["error"] is not None:
+                    loop.call_soon_threadsafe(_set_exc, fut, DeliveryError(str(state["error"])))
+                else:
+                    loop.call_soon_threadsafe(_set_result, fut, None)
+
+        produce = self._producer.produce
+        for topic, key, value, headers in records:
+            while True:
+                try:
+                    produce(topic, value, key=key, headers=list(headers), on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.01)  # local queue full: let deliveries drain
+        return fut
+
     def produce_nowait(
         self,
         topic: str,
@@ -110,11 +148,11 @@ class DurableProducer:
             log.warning("producer closed with %d undelivered records", remaining)
 
 
-def _set_result(fut: asyncio.Future[tuple[int, int]], value: tuple[int, int]) -> None:
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _set_exc(fut: asyncio.Future[tuple[int, int]], exc: BaseException) -> None:
+def _set_exc(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
