@@ -158,8 +158,13 @@ def registered_in(registry: CollectorRegistry = REGISTRY) -> set[str]:
 # --- pre-bound helpers --------------------------------------------------------
 
 
-def _epoch(ts: datetime | float) -> float:
-    return ts.timestamp() if isinstance(ts, datetime) else float(ts)
+def _epoch(ts: datetime | float | str) -> float:
+    """Seconds since the epoch from a datetime, a number, or an ISO 8601 instant (the envelope's received_at)."""
+    if isinstance(ts, datetime):
+        return ts.timestamp()
+    if isinstance(ts, str):
+        return datetime.fromisoformat(ts).timestamp()
+    return float(ts)
 
 
 @dataclass
@@ -276,7 +281,7 @@ class SinkMetrics:
             child = self._outcomes[outcome] = SINK_RECORDS.labels(destination=self.destination, outcome=outcome)
         child.inc(n)
 
-    def delivered(self, received_at: datetime | float | None = None, delivered_at: float | None = None) -> None:
+    def delivered(self, received_at: datetime | float | str | None = None, delivered_at: float | None = None) -> None:
         """One record delivered; with ``received_at`` also observes end-to-end latency."""
         self.record("delivered")
         if received_at is not None:
@@ -284,7 +289,7 @@ class SinkMetrics:
             self._latency.observe(max(0.0, now - _epoch(received_at)))
 
     def delivered_batch(
-        self, received_ats: Iterable[datetime | float | None], delivered_at: float | None = None
+        self, received_ats: Iterable[datetime | float | str | None], delivered_at: float | None = None
     ) -> None:
         """A committed batch: one count per record, one latency observation per known received_at."""
         now = time.time() if delivered_at is None else delivered_at

@@ -35,8 +35,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from connectors.sinks.base import Sink, SinkBatch, SinkRecord
 from connectors.sinks.errors import SinkError, SinkOffsetsMoved, SinkRejected, SinkRetryable
 from connectors.sinks.registry import create_sink
+from schemas import metrics
 from schemas.envelope import EnvelopeError, decode_event
 from schemas.headers import as_dict, dlq_headers
+from topology.health import HealthServer, OpsSettings, broker_check
 from topology.model import Topology, load_topology
 from topology.settings import KafkaSettings
 
@@ -107,6 +109,8 @@ class SinkRunner:
         self.max_backoff_s = max_backoff_s
         self.consumer_config = dict(consumer_config or {})
         self.stats = RunnerStats()
+        self.metrics = metrics.sink(sink.destination)
+        self.running = False
         self.stop_event = threading.Event()
         self.assigned: set[int] = set()
         self._consumer: Consumer | None = None
@@ -154,12 +158,14 @@ class SinkRunner:
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("sink %s (%s) consuming %s as group %s", self.sink.destination, self.sink.kind, self.topic,
                  self.group_id)
+        self.running = True
         try:
             while not stop.is_set():
                 msgs = self._consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
                 if msgs:
                     self._handle(msgs, stop)
         finally:
+            self.running = False
             self._shutdown()
         log.info("sink %s stopped: %s", self.sink.destination, self.stats.summary())
         return self.stats
@@ -246,6 +252,7 @@ class SinkRunner:
             return
         self.stats.batches += 1
         self.stats.delivered += delivered
+        self.metrics.delivered_batch([r.event.get("received_at") for b in batches for r in b.records])
         # Sinks storing offsets in the target commit to the group only for lag dashboards (async,
         # optional). For idempotent sinks the group offset IS the resume point: always, synchronously.
         if (self.commit_to_kafka or not self.sink.stores_offsets) and self._consumer is not None:
@@ -282,6 +289,7 @@ class SinkRunner:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
             attempt += 1
             self.stats.retries += 1
+            self.metrics.retry()
             log.warning("sink %s write failed (attempt %d), retrying: %s", self.sink.destination, attempt,
                         self.stats.last_error)
             if not self._sleep_backoff(attempt, stop):
@@ -343,6 +351,7 @@ class SinkRunner:
         """Produce to the DLQ and wait until the broker has them; raises if it could not."""
         if not items:
             return
+        self.metrics.dlq(len(items))
         assert self._producer is not None
         self._dlq_errors.clear()
         for msg, exc in items:
@@ -363,6 +372,7 @@ class SinkRunner:
                 break
             attempt += 1
             self.stats.retries += 1
+            self.metrics.retry()
             if self.stop_event.is_set() and attempt > 3:
                 raise SinkRetryable(f"DLQ produce failed: {self._dlq_errors[:3]}")
             log.warning("DLQ produce incomplete (%d pending, errors %s); retrying", remaining, self._dlq_errors[:3])
@@ -452,6 +462,9 @@ def sink_main(argv: Sequence[str] | None = None) -> int:
         return 2
     stop = threading.Event()
     restore = _install_signal_handlers(stop)
+    health = HealthServer.from_settings(OpsSettings(), {"broker": broker_check(settings.librdkafka()),
+                                                        "consuming": lambda: runner.running})
+    health.start()
     try:
         stats = runner.run(stop)
     except SinkError as exc:  # a non-retryable sink failure (e.g. missing table with create_tables off)
@@ -459,6 +472,7 @@ def sink_main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         restore()
+        health.stop()
     print(f"sink {args.destination}: delivered={stats.delivered} dlq={stats.dlq} retries={stats.retries}",
           file=sys.stderr)
     return 0

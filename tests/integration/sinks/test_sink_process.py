@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from connectors.sinks.registry import create_sink
 from connectors.sinks.runner import sink_main
 from tests.integration.sinks.conftest import Dest
 from tests.support.events import make_event, produce, wait_until
+from topology.broker import free_port
 from topology.model import SinkSpec
 
 REPO = Path(__file__).resolve().parents[3]
@@ -33,12 +35,25 @@ def _topology(tmp_path: Path, dest: str, sink: dict[str, object]) -> Path:
 
 
 def _spawn(topology: Path, dest: Dest, group: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KAFKA_SESSION_TIMEOUT_MS": "6000"}
-    return subprocess.Popen(
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KAFKA_SESSION_TIMEOUT_MS": "6000",
+           "CLINSTREAM_OPS_PORT": str(port)}
+    proc = subprocess.Popen(
         [sys.executable, "-m", "connectors.sinks.runner", "--topology", str(topology), "--destination", dest.name,
          "--bootstrap", dest.bootstrap, "--group-id", group, "--batch-size", "100", "--log-level", "WARNING"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    proc.ops_port = port  # type: ignore[attr-defined]
+    return proc
+
+
+def _ready(proc: subprocess.Popen[str]) -> bool:
+    """The sink process's own /readyz: it has started consuming (so it also handles SIGTERM)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.ops_port}/readyz", timeout=1) as resp:  # type: ignore[attr-defined]
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def _scalar(dsn: str, query: str) -> int:
@@ -97,7 +112,7 @@ def test_sigkill_mid_run_then_restart_delivers_each_event_exactly_once(
     second = _spawn(topo, dest, unique_name("g"))
     try:
         wait_until(
-            lambda: second.poll() is None and _scalar(
+            lambda: second.poll() is None and _ready(second) and _scalar(
                 fresh_pg_dsn, "SELECT coalesce(sum(next_offset), 0) FROM clinstream_sink_offsets") == N,
             60, "the restarted sink to reach the end of the topic",
         )
@@ -167,7 +182,8 @@ def test_ndjson_sink_process_sigkill_and_restart(
 
     second = _spawn(topo, dest, unique_name("g"))
     try:
-        wait_until(lambda: second.poll() is None and _ndjson_committed(out, dest.topic) == expected,
+        wait_until(lambda: second.poll() is None and _ready(second)
+                   and _ndjson_committed(out, dest.topic) == expected,
                    60, "the restarted sink to commit everything")
         second.send_signal(signal.SIGTERM)
         _out, err = second.communicate(timeout=30)
