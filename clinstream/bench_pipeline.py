@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import statistics
 import tempfile
@@ -30,6 +31,30 @@ from clinstream.demo import _spawn, processes
 from topology.broker import free_port
 
 ADT_TRIGGERS = ("A01", "A04", "A08", "A03")
+_SYLLABLES = ("BA", "KO", "MI", "RAN", "TE", "LU", "SOR", "VE", "NA", "DRI", "PEL", "GO", "HAR", "WIN", "ZU",
+              "LEN", "FA", "QUI", "MOR", "STA")
+
+
+def synthetic_name(i: int, parts: int = 3) -> str:
+    """A distinct, letters-only name per ``i`` (matchers ignore digits in names, so NAME123 won't do)."""
+    out = []
+    for _ in range(parts):
+        i, r = divmod(i, len(_SYLLABLES))
+        out.append(_SYLLABLES[r])
+    return "".join(out)
+
+
+def synthetic_pid(i: int, mrn: str) -> str:
+    """A PID segment for synthetic person ``i``: varied names, birth date, address and phone, so
+    different people look as different as real ones (they do not link) while ``i`` repeats the person."""
+    h = int(hashlib.blake2b(str(i).encode(), digest_size=8).hexdigest(), 16)
+    dob = f"19{30 + h % 70:02d}{1 + (h >> 8) % 12:02d}{1 + (h >> 12) % 28:02d}"
+    street = f"{(h >> 20) % 9000 + 1} {synthetic_name(h >> 24, 2)} ST"
+    city = ("BOSTON", "SALEM", "LOWELL", "QUINCY", "NEWTON", "WORCESTER", "LYNN", "REVERE")[(h >> 40) % 8]
+    zip_code = f"0{1000 + (h >> 44) % 8999:04d}"
+    phone = f"{200 + (h >> 50) % 800}{(h >> 16) % 10_000_000:07d}"
+    return (f"PID|1||{mrn}^^^HOSP^MR||{synthetic_name(i, 4)}^{synthetic_name(h >> 32, 3)}^Q||{dob}|"
+            f"{'F' if h % 2 else 'M'}|||{street}^^{city}^MA^{zip_code}||{phone}")
 
 
 def bench_message(i: int, run: str) -> bytes:
@@ -37,8 +62,7 @@ def bench_message(i: int, run: str) -> bytes:
     return (
         f"MSH|^~\\&|BENCH|HOSP|CLIN|HOSP|20240101120000||ADT^{trig}^ADT_A01|{run}{i:09d}|P|2.5\r"
         f"EVN|{trig}|20240101120000\r"
-        f"PID|1||MRN{run}{i:08d}^^^HOSP^MR||FAMILY{i % 5000}^GIVEN{i % 997}^Q||19{50 + i % 50:02d}0{1 + i % 9}1{i % 9}|"
-        f"{'F' if i % 2 else 'M'}|||{i % 9000} MAIN ST^^BOSTON^MA^02{i % 1000:03d}||555{i:07d}\r"
+        f"{synthetic_pid(i, f'MRN{run}{i:08d}')}\r"
         f"PV1|1|I|W^{i % 40}^1^HOSP||||1234^SMITH^JOHN|||MED||||||||V{run}{i:08d}^^^HOSP^VN|||||||||||||||||||||||||"
         f"20240101120000\r"
     ).encode()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 
 from streams.app import Stage, build_app
 from streams.dedupe.stage import DedupeStage
@@ -56,7 +57,8 @@ class TableStore:
         if value is _MISSING:
             value = self._cache.get(key, _MISSING)
             if value is _MISSING:
-                value = self._table.get(key)
+                raw = self._table.get(key)
+                value = None if raw is None else orjson.loads(raw)
                 if len(self._cache) >= self._cache_entries:
                     self._cache.clear()
                 self._cache[key] = value
@@ -72,7 +74,7 @@ class TableStore:
             if value is None:
                 table.pop(key, None)
             else:
-                table[key] = value
+                table[key] = orjson.dumps(value)  # orjson: Faust's stdlib json was a third of the flush
         self._pending.clear()
 
 
@@ -87,7 +89,8 @@ def stages_for(app: faust.App, topology: Topology, *, mpi_model: str | None = No
     stages.append(DedupeStage(seen=seen, window_s=dedupe_window_s))
     # use_partitioner: a key's changelog partition comes from the key itself, not from the event being
     # processed, so one key's history stays in order on one partition and recovery restores its last value.
-    index = app.GlobalTable("mpi-index", default=None, partitions=partitions, key_type=str, use_partitioner=True)
+    index = app.GlobalTable("mpi-index", default=None, partitions=partitions, key_type=str,
+                            value_serializer="raw", use_partitioner=True)
     model = load_model(mpi_model) if mpi_model else default_model()
     stages.append(IdentityStage(engine=MatchEngine(model, store=TableStore(index))))
     consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from confluent_kafka.admin import AdminClient
 
+from clinstream.bench_pipeline import synthetic_pid
 from topology.model import load_topology
 from topology.plan import ensure_topics
 
@@ -32,8 +33,7 @@ def adt_message(i: int, trigger: str = "A01", control: str | None = None) -> byt
     return (
         f"MSH|^~\\&|E2E|HOSP|CLIN|HOSP|20240101120000||ADT^{trigger}^ADT_{trigger}|{ctrl}|P|2.5\r"
         f"EVN|{trigger}|20240101120000\r"
-        f"PID|1||MRN{i:08d}^^^HOSP^MR||PATIENT{i}^TEST^Q||19{50 + i % 50:02d}0{1 + i % 9}1{i % 9}|"
-        f"{'F' if i % 2 else 'M'}|||{i} MAIN ST^^BOSTON^MA^02{i % 1000:03d}||555{i:07d}\r"
+        f"{synthetic_pid(i, f'MRN{i:08d}')}\r"
         f"PV1|1|I|W^{i % 40}^1^HOSP||||1234^SMITH^JOHN|||MED||||||||V{i:08d}^^^HOSP^VN\r"
     ).encode()
 
