@@ -10,6 +10,7 @@ so an offset is never committed for a record whose outputs are not durable
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -72,12 +73,54 @@ def build_app(
         web_port=web_port or 6066,
         web_bind="0.0.0.0",  # probes and scrapes come from the pod network
     )
+    outputs = InFlightOutputs(producer)
+    outputs.gate_commits(app)
     for stage in stages(app):
-        _register(app, stage, producer, batch_size, batch_within_s)
+        _register(app, stage, outputs, batch_size, batch_within_s)
     return app
 
 
-def _register(app: faust.App, stage: Stage, producer: DurableProducer, batch_size: int, within: float) -> None:
+class InFlightOutputs:
+    """Stage outputs in flight, and the gate that keeps offset commits behind them.
+
+    Awaiting each batch's delivery before taking the next batch serialises every
+    stage on broker round trips (tiny batches, ~10 ms each). Instead a batch's
+    outputs stay in flight while the next batch is processed, and Faust's commit
+    path (which flushes its own producer before committing offsets) is made to wait
+    for them too: an offset is still never committed before the outputs of the
+    records below it are durable. A failed delivery fails the commit (the worker
+    stops and the uncommitted records are processed again on restart).
+    """
+
+    def __init__(self, producer: DurableProducer, max_batches: int = 16) -> None:
+        self.producer = producer
+        self.max_batches = max_batches
+        self._inflight: list[asyncio.Future[None]] = []
+
+    async def send(self, records: list[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]]) -> None:
+        if records:
+            self._inflight.append(self.producer.send_batch(records))
+        # keep memory bounded: past the limit, wait for the oldest batches
+        while len(self._inflight) > self.max_batches:
+            await self._inflight.pop(0)
+        self._inflight = [f for f in self._inflight if not f.done() or f.exception() is not None]
+
+    async def drain(self) -> None:
+        pending, self._inflight = self._inflight, []
+        if pending:
+            await asyncio.gather(*pending)  # raises the first DeliveryError
+
+    def gate_commits(self, app: faust.App) -> None:
+        faust_flush = app.producer.flush
+
+        async def flush_then_drain() -> None:
+            await faust_flush()
+            await self.drain()
+
+        app.producer.flush = flush_then_drain  # type: ignore[method-assign]
+
+
+def _register(app: faust.App, stage: Stage, outputs: InFlightOutputs, batch_size: int, within: float) -> None:
     topic = app.topic(*stage.input_topics, key_type=bytes, value_type=bytes, value_serializer="raw",
                       key_serializer="raw")
     dlq_topic = f"dlq.{stage.name}"
@@ -122,9 +165,8 @@ def _register(app: faust.App, stage: Stage, producer: DurableProducer, batch_siz
                     pending.append((dl.topic, dl.key, dl.value, dl.headers))
             if flush is not None:
                 flush()  # write-behind state (e.g. the MPI index) goes out with the batch
-            # The batch is acknowledged (and its offsets become committable) only once every
-            # output and dead letter is durable: at-least-once, never "committed but lost".
-            await producer.send_batch(pending)
+            # Outputs and dead letters stay in flight; commits wait for them (InFlightOutputs).
+            await outputs.send(pending)
             log.debug("%s: batch of %d in %.1f ms", stage.name, len(events), (time.perf_counter() - started) * 1e3)
 
     agent.__name__ = f"{stage.name}_agent"
