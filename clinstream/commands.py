@@ -99,8 +99,12 @@ def topology_command(args: argparse.Namespace) -> int:
         if not changes:
             print("up to date")
         if args.apply:
-            for line in planner.apply(changes, admin):
-                print(line)
+            try:
+                for line in planner.apply(changes, admin):
+                    print(line)
+            except planner.TopologyApplyError as exc:
+                print(f"clinstream topology apply: {exc}", file=sys.stderr)
+                return 1
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -14,6 +15,10 @@ from confluent_kafka.admin import (
 )
 
 from topology.model import Topology
+
+
+class TopologyApplyError(RuntimeError):
+    """The cluster refused a change; the message names the topic and why."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,15 @@ def apply(changes: list[TopicChange], admin: AdminClient, timeout: float = 30.0)
     grows = [NewPartitions(c.topic, c.partitions) for c in changes if c.action == "add-partitions"]
     if grows:
         for topic, fut in admin.create_partitions(grows, operation_timeout=timeout).items():
-            fut.result(timeout=timeout)
+            try:
+                fut.result(timeout=timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError._UNSUPPORTED_FEATURE:
+                    raise TopologyApplyError(
+                        f"{topic}: this broker cannot add partitions (CreatePartitions unsupported; the embedded "
+                        "broker is one such) - recreate the topic or use a Kafka cluster"
+                    ) from exc
+                raise
             done.append(f"partitions added to {topic}")
     for c in changes:
         if c.action != "alter-config":
