@@ -75,3 +75,13 @@ def fresh_pg_dsn(pg_dsn: str, unique_name: Callable[[str], str]) -> str:
     params = conninfo_to_dict(pg_dsn)
     params["dbname"] = db
     return make_conninfo(**params)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the crash tests at soak size (more messages, more kills)")
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--soak"))
