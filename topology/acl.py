@@ -30,6 +30,7 @@ from topology.model import (
     MPI_LINKS,
     MPI_PATIENTS,
     MPI_REVIEW,
+    REDRIVES,
     STAGES,
     Topology,
     TopologyError,
@@ -40,6 +41,7 @@ ResourceType = Literal["topic", "group", "cluster", "transactional-id"]
 PatternType = Literal["literal", "prefixed"]
 
 WORKER = "clinstream-worker"
+OPERATOR = "clinstream-operator"
 # `clinstream run worker --app-id` default: Faust group id and internal-topic prefix.
 DEFAULT_APP_ID = "clinstream-worker"
 
@@ -92,8 +94,8 @@ def acl_entries(
     out: list[AclEntry] = []
 
     # Worker: consumes raw + internal, produces internal + outputs.
-    inputs = [*topology.raw_topics(), CANONICAL, DEDUPED, IDENTIFIED, MPI_LINKS, MPI_PATIENTS, CONSENT]
-    outputs = [CANONICAL, DEDUPED, IDENTIFIED, MPI_LINKS, MPI_PATIENTS, MPI_REVIEW, AUDIT]
+    inputs = [*topology.raw_topics(), CANONICAL, DEDUPED, IDENTIFIED, MPI_LINKS, MPI_PATIENTS, MPI_REVIEW, CONSENT]
+    outputs = [CANONICAL, DEDUPED, IDENTIFIED, MPI_LINKS, MPI_PATIENTS, MPI_REVIEW, AUDIT, CONSENT]
     outputs += [d.topic for d in topology.destinations]
     outputs += [f"tasks.{q}" for q in sorted({t.queue for t in topology.triggers})]
     outputs += [f"dlq.{s}" for s in STAGES]
@@ -122,6 +124,17 @@ def acl_entries(
             out.append(AclEntry(p + name, ("Read",), "group", name))
         if dest.sink is not None:
             out.append(AclEntry(p + sink_principal(dest.name), _WRITE, "topic", "dlq.sink"))
+
+    # Operators (clinstream dlq/replay/audit/mpi review): read the DLQs and the logs, redrive to the
+    # origin topics (raw and internal), record redrives, answer reviews, backfill destinations.
+    operator = p + OPERATOR
+    out.append(AclEntry(operator, _READ, "topic", "dlq.", "prefixed"))
+    for topic in (AUDIT, REDRIVES, MPI_REVIEW, CANONICAL, DEDUPED, IDENTIFIED, CONSENT):
+        out.append(AclEntry(operator, _READ, "topic", topic))
+    for topic in dict.fromkeys([*topology.raw_topics(), CANONICAL, DEDUPED, IDENTIFIED, REDRIVES, MPI_REVIEW, AUDIT,
+                                *(d.topic for d in topology.destinations)]):
+        out.append(AclEntry(operator, _WRITE, "topic", topic))
+    out.append(AclEntry(operator, ("Read",), "group", "clinstream-reader-", "prefixed"))
     return out
 
 

@@ -77,7 +77,7 @@ def _pipeline(e2e_bootstrap: str, fresh_pg_dsn: str, tmp_path: Path, unique_name
 
 
 def _verify(p: Pipeline, n: int, k: int, what: str) -> None:
-    _ehr, billing, table = _dests(p)
+    _ehr, _billing, table = _dests(p)
     expected_billing = sum(1 for i in range(n) if i % 3 != 2)
     ok = wait_until(lambda: pg_rows(p.pg_dsn, table)[0] >= n
                     and len(set(ndjson_ids(p.ndjson_dir))) >= expected_billing, 300)

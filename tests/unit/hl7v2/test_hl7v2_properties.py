@@ -61,10 +61,10 @@ def test_mutated_corpus_messages_only_raise_hl7_parse_error(data: st.DataObject)
             del raw[pos:pos + data.draw(st.integers(1, 16))]
         elif op == "delimiter" and raw:
             raw[pos] = data.draw(st.sampled_from(b"|^~\\&\r\n"))
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other load on the machine does not count
     for step in (parse_message, peek_msh, convert_message):
         try:
             step(bytes(raw))
         except Hl7ParseError:
             pass
-    assert time.perf_counter() - start < 0.1
+    assert time.process_time() - start < 0.1
