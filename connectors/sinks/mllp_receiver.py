@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,8 +50,10 @@ class Received:
 
 class MllpAckReceiver:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, out_path: str | Path | None = None, *,
-                 max_bytes: int = 1_048_576, dedupe_window: int = 100_000) -> None:
+                 max_bytes: int = 1_048_576, dedupe_window: int = 100_000,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
+        self.ssl_context = ssl_context
         self.out_path = Path(out_path) if out_path is not None else None
         self.max_bytes = max_bytes
         self.dedupe_window = dedupe_window
@@ -69,7 +72,7 @@ class MllpAckReceiver:
         if self.out_path is not None:
             self.out_path.parent.mkdir(parents=True, exist_ok=True)
             self._out = self.out_path.open("ab")
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]  # the real one when port 0 was asked
         log.info("MLLP ACK receiver listening on %s:%d", self.host, self.port)
         return self
@@ -106,12 +109,12 @@ class MllpAckReceiver:
                         continue  # junk between frames: nothing to answer
                     writer.write(frame(ack))
                     await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
+        except (ConnectionError, ssl.SSLError, asyncio.CancelledError):
             pass  # the sender went away (e.g. gave up waiting); its resend arrives on a new connection
         finally:
             self._conns.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()
 
     async def _handle(self, payload: bytes) -> bytes:

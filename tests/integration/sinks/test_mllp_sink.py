@@ -4,18 +4,24 @@ same control id and filed once, and a replay that the receiver drops as duplicat
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from connectors.sinks.base import SinkBatch, SinkRecord
+from connectors.sinks.errors import SinkRetryable
+from connectors.sinks.mllp import MllpSink
 from connectors.sinks.mllp_receiver import ReceiverThread
 from connectors.sinks.mllp_render import control_id_for
 from connectors.sinks.registry import create_sink
 from connectors.sinks.runner import SinkRunner
 from schemas.headers import as_dict
 from tests.integration.sinks.conftest import Dest
+from tests.integration.sources.test_tls import Pki, pki  # noqa: F401 - the throwaway PKI fixture, shared
 from tests.support.events import RunnerThread, consume_all, make_event, produce, wait_until
 from tests.support.mllp import ScriptedReceiver
 from topology.model import SinkSpec
@@ -81,3 +87,43 @@ def test_mllp_sink_through_runner(dest: Dest, unique_name: Callable[[str], str],
     assert "answered AE" in ae["error-message"] and "Unknown patient identifier REJECT" in ae["error-message"]
     oru = by_event[lab["event_id"]]
     assert oru["origin-offset"] == "22" and "no HL7 v2 rendering for ORU^R01" in oru["error-message"]
+
+
+def _server_ctx(certs: Pki, client_ca: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(certs.server_cert), str(certs.server_key))
+    if client_ca:
+        ctx.load_verify_locations(str(certs.ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _tls_sink(port: int, **tls: str) -> MllpSink:
+    sink = create_sink(SinkSpec(kind="mllp", options={
+        "host": "127.0.0.1", "port": port, "ack_timeout_s": 2, "max_attempts": 1, "tls": tls}), "legacy")
+    assert isinstance(sink, MllpSink)
+    return sink
+
+
+def test_mllp_sink_over_mutual_tls(request: pytest.FixtureRequest) -> None:
+    """Client certificate + CA options; an untrusted server or a missing client cert is retryable."""
+    certs: Pki = request.getfixturevalue("pki")
+    ev = _event(1, "legacy", "MRN0001")
+    with ReceiverThread(ScriptedReceiver(ssl_context=_server_ctx(certs, client_ca=True))) as receiver:
+        sink = _tls_sink(receiver.port, ca=str(certs.ca), cert=str(certs.client_cert), key=str(certs.client_key))
+        try:
+            sink.write([SinkBatch("dest.legacy", 0, [SinkRecord(0, None, ev)])])
+        finally:
+            sink.stop()
+        assert [r.control_id for r in receiver.received] == [control_id_for(ev["event_id"])]
+
+        untrusting = _tls_sink(receiver.port, ca=str(certs.other_ca), cert=str(certs.client_cert),
+                               key=str(certs.client_key))
+        without_cert = _tls_sink(receiver.port, ca=str(certs.ca))
+        for sink in (untrusting, without_cert):
+            try:
+                with pytest.raises(SinkRetryable):
+                    sink.write([SinkBatch("dest.legacy", 0, [SinkRecord(1, None, _event(2, "legacy", "MRN2"))])])
+            finally:
+                sink.stop()
+        assert len(receiver.received) == 1
