@@ -162,8 +162,15 @@ class HttpTarget:
             attempt += 1
             if attempt > self.retries or self.breaker.state == "open":
                 raise error
-            cap = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-            time.sleep(retry_after if retry_after is not None else self._rng.uniform(cap / 2, cap))
+            time.sleep(retry_after if retry_after is not None
+                       else backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng))
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter for retry ``attempt`` (1-based): uniform in [cap/2, cap],
+    cap = min(max_s, base_s * 2^(attempt-1)) — half jitter keeps a floor so retries do not bunch up."""
+    cap = min(max_s, base_s * 2 ** (attempt - 1))
+    return rng.uniform(cap / 2, cap)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -21,6 +21,7 @@ _BUILTIN_MODULES = {
     "ndjson": "connectors.sinks.ndjson",
     "fhir": "connectors.sinks.fhir",
     "webhook": "connectors.sinks.webhook",
+    "mllp": "connectors.sinks.mllp",
 }
 
 S = TypeVar("S", bound=type[Sink])

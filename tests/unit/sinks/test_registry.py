@@ -11,7 +11,7 @@ from topology.model import SinkSpec
 
 def test_builtin_kinds_are_registered() -> None:
     kinds = registered()
-    assert {"postgres", "ndjson"} <= set(kinds)
+    assert {"postgres", "ndjson", "mllp"} <= set(kinds)
     assert all(issubclass(cls, Sink) and cls.kind == name for name, cls in kinds.items())
 
 
