@@ -111,6 +111,9 @@ def _delivered(dest: Any, env: dict[str, str]) -> int | None:
     """Rows/records the destination's sink has durably written (read from the target itself)."""
     if dest.sink is None:
         return None
+    if dest.sink.kind == "mllp":
+        received = REPO / "var" / "demo-output" / dest.name / "received.hl7.ndjson"
+        return sum(1 for _ in received.open("rb")) if received.exists() else 0
     if dest.sink.kind == "ndjson":
         directory = REPO / dest.sink.options.get("directory", f"var/demo-output/{dest.name}")
         return sum(
@@ -150,6 +153,31 @@ def demo_database(env: dict[str, str], workdir: Path, console: Console) -> Itera
         yield
     finally:
         server.stop()
+
+
+@contextmanager
+def legacy_receivers(topo: Topology, workdir: Path, console: Console) -> Iterator[Topology]:
+    """Stand up the 'legacy system' at the far end of each MLLP sink: a receiver that ACKs and files messages."""
+    from connectors.sinks.mllp_receiver import MllpAckReceiver, ReceiverThread
+
+    dests, threads = [], []
+    for d in topo.destinations:
+        if d.sink is not None and d.sink.kind == "mllp":
+            out = workdir.parent / "demo-output" / d.name / "received.hl7.ndjson"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            port = free_port()
+            thread = ReceiverThread(MllpAckReceiver("127.0.0.1", port, out))
+            thread.__enter__()
+            threads.append(thread)
+            console.print(f"legacy MLLP receiver for {d.name} on 127.0.0.1:{port} (files to {out})")
+            d = d.model_copy(update={"sink": d.sink.model_copy(
+                update={"options": {**d.sink.options, "host": "127.0.0.1", "port": port}})})
+        dests.append(d)
+    try:
+        yield topo.model_copy(update={"destinations": dests})
+    finally:
+        for thread in threads:
+            thread.__exit__(None, None, None)
 
 
 def _topology_for_demo(topo: Topology, env: dict[str, str], workdir: Path) -> tuple[Topology, Path, list[str]]:
@@ -202,7 +230,8 @@ def run_demo(args: argparse.Namespace) -> int:
     feed = demo_feed(samples_dir(args.samples))
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with cluster() as settings, demo_database(env, workdir, console):
+    with cluster() as settings, demo_database(env, workdir, console), \
+            legacy_receivers(topo, workdir, console) as topo:
         bootstrap = settings.require_bootstrap()
         env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         topo, topo_file, notes = _topology_for_demo(topo, env, workdir)
@@ -341,8 +370,11 @@ def _print_summary(console: Console, topo: Topology, codes: dict[str, int], summ
     for d in topo.destinations:
         where = ""
         if d.sink is not None:
-            where = (str(REPO / d.sink.options.get("directory", "")) if d.sink.kind == "ndjson"
-                     else f"postgres table {d.sink.options.get('table', d.name)}")
+            where = {
+                "ndjson": str(REPO / d.sink.options.get("directory", "")),
+                "postgres": f"postgres table {d.sink.options.get('table', d.name)}",
+                "mllp": f"HL7 v2 over MLLP to 127.0.0.1:{d.sink.options.get('port')}",
+            }.get(d.sink.kind, d.sink.kind)
         t.add_row(f"delivered → {d.name} ({d.purpose})",
                   f"{counts.get(d.topic, 0)} on topic / {delivered.get(d.name)} in sink", where)
     t.add_row("disclosures recorded", str(counts.get("audit.disclosures", 0)), "audit.disclosures")

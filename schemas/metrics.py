@@ -158,12 +158,21 @@ def registered_in(registry: CollectorRegistry = REGISTRY) -> set[str]:
 # --- pre-bound helpers --------------------------------------------------------
 
 
-def _epoch(ts: datetime | float | str) -> float:
-    """Seconds since the epoch from a datetime, a number, or an ISO 8601 instant (the envelope's received_at)."""
+def _epoch(ts: datetime | float | str) -> float | None:
+    """Seconds since the epoch from a datetime, a number, or an ISO 8601 instant (the envelope's received_at).
+
+    None when it is not an instant: a de-identified destination gets received_at generalised to a
+    year, and then there is no latency to observe (never a reason to fail a delivery).
+    """
     if isinstance(ts, datetime):
         return ts.timestamp()
     if isinstance(ts, str):
-        return datetime.fromisoformat(ts).timestamp()
+        if len(ts) < 19:
+            return None
+        try:
+            return datetime.fromisoformat(ts).timestamp()
+        except ValueError:
+            return None
     return float(ts)
 
 
@@ -284,9 +293,10 @@ class SinkMetrics:
     def delivered(self, received_at: datetime | float | str | None = None, delivered_at: float | None = None) -> None:
         """One record delivered; with ``received_at`` also observes end-to-end latency."""
         self.record("delivered")
-        if received_at is not None:
+        epoch = _epoch(received_at) if received_at is not None else None
+        if epoch is not None:
             now = time.time() if delivered_at is None else delivered_at
-            self._latency.observe(max(0.0, now - _epoch(received_at)))
+            self._latency.observe(max(0.0, now - epoch))
 
     def delivered_batch(
         self, received_ats: Iterable[datetime | float | str | None], delivered_at: float | None = None
@@ -296,8 +306,9 @@ class SinkMetrics:
         n = 0
         for received_at in received_ats:
             n += 1
-            if received_at is not None:
-                self._latency.observe(max(0.0, now - _epoch(received_at)))
+            epoch = _epoch(received_at) if received_at is not None else None
+            if epoch is not None:
+                self._latency.observe(max(0.0, now - epoch))
         if n:
             self.record("delivered", n)
 

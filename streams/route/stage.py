@@ -75,10 +75,11 @@ class RouteStage:
                 state = updated
                 outputs.append(Output(CONSENT, stored.encode(), euid.encode(),
                                       H.encode([(H.EVENT_ID, event["event_id"])])))
+        trace = record.headers.get(H.TRACEPARENT, "")
         hdrs = H.encode([
             (H.EVENT_ID, event["event_id"]),
             (H.SOURCE, event["source"]),
-            (H.TRACEPARENT, record.headers.get(H.TRACEPARENT, "")),
+            (H.TRACEPARENT, trace),
             (H.RECEIVED_AT, event["received_at"]),
         ])
         audit_key = euid.encode() if euid else record.key
@@ -91,7 +92,15 @@ class RouteStage:
             metrics.disclosure(plan.name, plan.purpose)
             projected_euid = decision.event["patient"].get("euid")
             dest_key = projected_euid.encode() if projected_euid else None
-            outputs.append(Output(plan.topic, encode_event(decision.event), dest_key, hdrs))
+            projected = decision.event
+            # headers travel with the record: they carry the projected values, never the originals
+            dest_hdrs = H.encode([
+                (H.EVENT_ID, projected["event_id"]),
+                (H.SOURCE, projected.get("source") or ""),
+                (H.TRACEPARENT, trace),
+                (H.RECEIVED_AT, projected.get("received_at") or ""),
+            ])
+            outputs.append(Output(plan.topic, encode_event(projected), dest_key, dest_hdrs))
             outputs.append(Output(AUDIT, orjson.dumps(decision.disclosure), audit_key, hdrs))
         if self.triggers is not None:
             for task in self.triggers.evaluate(event):
