@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from conftest import ENCOUNTER, OBSERVATION, PATIENT, make_event
 
 from streams.route import ConsentError, ConsentState, Delivered, Denied, compile_destination, evaluate
 from streams.route.audit import add_audit_parser, audit_disclosures_command, disclosures_for
+from tests.unit.route.conftest import ENCOUNTER, OBSERVATION, PATIENT, make_event
 from topology.model import DestinationSpec
 
 AT = datetime(2024, 6, 1, tzinfo=UTC)

@@ -5,9 +5,9 @@ import io
 from pathlib import Path
 
 import orjson
-from conftest import ENCOUNTER, PATIENT, make_event
 
 from streams.route.preview import add_preview_parser, fhir_to_event, preview, preview_command
+from tests.unit.route.conftest import ENCOUNTER, PATIENT, make_event
 from topology.model import load_topology
 
 DEMO = str(Path(__file__).parents[3] / "topology/examples/demo.yaml")

@@ -4,9 +4,9 @@ import copy
 
 import orjson
 import pytest
-from conftest import ENCOUNTER, OBSERVATION, PATIENT, make_event
 
 from streams.route import Delivered, Denied, RoutePolicyError, compile_destination
+from tests.unit.route.conftest import ENCOUNTER, OBSERVATION, PATIENT, make_event
 from topology.model import DestinationSpec, load_topology
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import KEYS, make_event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.route import ConsentState, Delivered, Denied, compile_destination
+from tests.unit.route.conftest import KEYS, make_event
 from topology.model import DestinationSpec, TransformSpec
 
 RTYPES = ["Patient", "Encounter", "Observation", "Coverage"]

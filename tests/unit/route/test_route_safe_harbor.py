@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import KEYS, make_event
 
 from streams.route import Delivered, compile_destination
+from tests.unit.route.conftest import KEYS, make_event
 from topology.model import DestinationSpec, TransformSpec
 
 PHI = {

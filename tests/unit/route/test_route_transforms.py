@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ENCOUNTER, KEYS, OBSERVATION, PATIENT, make_event
 
 from streams.route import Delivered, RoutePolicyError, compile_destination
 from streams.route.transforms import low_population_zip3, zip3
+from tests.unit.route.conftest import ENCOUNTER, KEYS, OBSERVATION, PATIENT, make_event
 from topology.model import DestinationSpec, TransformSpec
 
 

@@ -4,10 +4,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import ENCOUNTER, OBSERVATION, PATIENT, make_event
 
 from streams.route.errors import TriggerError
 from streams.route.triggers import compile_condition, compile_triggers, parse_duration
+from tests.unit.route.conftest import ENCOUNTER, OBSERVATION, PATIENT, make_event
 from topology.model import TriggerSpec, load_topology
 
 EXAMPLES = Path(__file__).parents[3] / "topology/examples"
