@@ -27,7 +27,10 @@ class DeliveryError(RuntimeError):
 
 
 class DurableProducer:
-    def __init__(self, settings: KafkaSettings, *, linger_ms: int = 2, **overrides: Any) -> None:
+    def __init__(self, settings: KafkaSettings, *, linger_ms: int = 0, **overrides: Any) -> None:
+        # linger 0: a sender waiting for its ACK should not wait for a batch to fill; librdkafka still
+        # batches whatever queues up while a produce request is in flight (bench mllp: 1 connection
+        # 350 -> 1,600 msg/s, 16 connections 4,200 -> 5,200 msg/s).
         conf = settings.librdkafka(
             **{
                 "enable.idempotence": True,
