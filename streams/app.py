@@ -133,6 +133,10 @@ class InFlightOutputs:
             await asyncio.gather(*pending)  # raises the first DeliveryError
 
     def gate_commits(self, app: faust.App) -> None:
+        # Faust's producer (table changelogs) makes streams wait whenever more than 100 records are
+        # buffered ("producer buffer full"): with several index writes per event that throttled the
+        # worker a thousand times a minute. Commits still flush it, so a larger buffer loses nothing.
+        app.producer.buffer.max_messages = 20_000
         faust_flush = app.producer.flush
 
         async def flush_then_drain() -> None:
