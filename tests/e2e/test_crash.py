@@ -18,7 +18,7 @@ import pytest
 from connectors.sources.mllp.client import MllpClient
 from schemas import headers as H
 from schemas.hl7v2.ack import ack_code_of
-from tests.e2e.test_pipeline import _dests, ndjson_ids, pg_rows
+from tests.e2e.test_pipeline import _dests, make_pipeline, ndjson_ids, pg_rows
 from tests.support.pipeline import Pipeline, adt_message, wait_until
 from tests.support.topics import read_all
 
@@ -67,13 +67,7 @@ class Sender(threading.Thread):
 
 
 def _pipeline(e2e_bootstrap: str, fresh_pg_dsn: str, tmp_path: Path, unique_name) -> Pipeline:
-    from tests.support.pipeline import e2e_topology
-
-    name = unique_name("c").replace("_", "-")[:24].rstrip("-")
-    p = Pipeline(e2e_bootstrap, tmp_path / "run", e2e_topology(name, fresh_pg_dsn, tmp_path / "billing"))
-    p.pg_dsn = fresh_pg_dsn  # type: ignore[attr-defined]
-    p.ndjson_dir = tmp_path / "billing"  # type: ignore[attr-defined]
-    return p
+    return make_pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name, prefix="c")
 
 
 def _verify(p: Pipeline, n: int, k: int, what: str) -> None:

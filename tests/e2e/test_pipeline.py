@@ -49,12 +49,18 @@ def ndjson_ids(directory: Path) -> list[str]:
     return [orjson.loads(line)["event_id"] for line in lines if line.strip()]
 
 
+def make_pipeline(e2e_bootstrap: str, pg_dsn: str, tmp_path: Path, unique_name, prefix: str = "p") -> Pipeline:
+    """A pipeline with a Postgres (``<name>-ehr``) and an NDJSON (``<name>-billing``) destination."""
+    name = unique_name(prefix).replace("_", "-")[:24].rstrip("-")
+    p = Pipeline(e2e_bootstrap, tmp_path / "run", e2e_topology(name, pg_dsn, tmp_path / "billing"))
+    p.pg_dsn = pg_dsn  # type: ignore[attr-defined]
+    p.ndjson_dir = tmp_path / "billing"  # type: ignore[attr-defined]
+    return p
+
+
 @pytest.fixture
 def pipeline(e2e_bootstrap: str, fresh_pg_dsn: str, tmp_path: Path, unique_name) -> Pipeline:
-    name = unique_name("p").replace("_", "-")[:24].rstrip("-")
-    p = Pipeline(e2e_bootstrap, tmp_path / "run", e2e_topology(name, fresh_pg_dsn, tmp_path / "billing"))
-    p.pg_dsn = fresh_pg_dsn  # type: ignore[attr-defined]
-    p.ndjson_dir = tmp_path / "billing"  # type: ignore[attr-defined]
+    p = make_pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name)
     yield p
     p.stop()
 
