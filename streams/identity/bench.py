@@ -280,11 +280,23 @@ def _splink_version() -> str:
 
 
 # --------------------------------------------------------------------------- CLI
+def ensure_splink() -> None:
+    """Splink is a benchmark-only dependency: install it (the `bench` extra) on first use."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("splink") is not None:
+        return
+    print("bench mpi --vs-splink: installing splink for the benchmark (pip install 'splink>=4')", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "splink>=4"], check=True)
+
+
 def _quiet_splink(n: int) -> dict[str, Any]:
     """Run :func:`splink_febrl` with Splink's progress output kept off our stdout."""
     import contextlib
     import logging
 
+    ensure_splink()
     logging.getLogger("splink").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(sys.stderr):
         return splink_febrl(n)
