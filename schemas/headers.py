@@ -38,6 +38,12 @@ def encode(pairs: Sequence[tuple[str, str | bytes]]) -> HeaderList:
     return [(k, v if isinstance(v, bytes) else v.encode("utf-8")) for k, v in pairs]
 
 
+def traceparent_for(event_id: str) -> str:
+    """A W3C traceparent derived from the event id, so every stage of one event shares a trace."""
+    trace = event_id.replace("-", "")
+    return f"00-{trace}-{trace[:16]}-01"
+
+
 def dlq_headers(
     *,
     stage: str,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
+from schemas import headers as H
 from topology.model import SourceSpec
 from topology.settings import KafkaSettings
+
+DLQ_INGEST = "dlq.ingest"
 
 
 class SourceError(RuntimeError):
@@ -69,3 +73,25 @@ def parse_options(model: type[T], spec: SourceSpec) -> T:
             f"sources[{spec.name}].options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise SourceConfigError(bad) from exc
+
+
+def ingest_rejection_headers(
+    *, source: str, raw_topic: str, reason: str, error_class: str | None, received_at: str,
+    extra: Sequence[tuple[str, str]] = (),
+) -> H.HeaderList:
+    """Headers of a rejected input on ``dlq.ingest``: it never reached its raw topic, so no offset."""
+    return H.dlq_headers(stage="ingest", error=reason, error_class=error_class, origin_topic=raw_topic,
+                         origin_partition=-1, origin_offset=-1, source=source,
+                         extra=[(H.RECEIVED_AT, received_at), *extra])
+
+
+def server_ssl_context(cert: str | None, key: str | None, client_ca: str | None) -> ssl.SSLContext | None:
+    """TLS for a listener; with ``client_ca`` set, clients must present a certificate it signed."""
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

@@ -29,7 +29,6 @@ import hmac
 import logging
 import os
 import re
-import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,14 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.sources.base import SourceConfigError, parse_options, register_source
+from connectors.sources.base import (
+    DLQ_INGEST,
+    SourceConfigError,
+    ingest_rejection_headers,
+    parse_options,
+    register_source,
+    server_ssl_context,
+)
 from schemas import headers as H
 from schemas.envelope import event_id_for, utc_now_iso
 from topology.model import SourceSpec
@@ -45,7 +51,6 @@ from topology.producer import DeliveryError, DurableProducer
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-DLQ_INGEST = "dlq.ingest"
 FHIR_JSON = "application/fhir+json"
 ACCEPTED_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
 BUNDLE_TYPES = frozenset({"batch", "transaction", "message", "collection"})
@@ -281,17 +286,6 @@ class FhirHttpSource:
     def scheme(self) -> str:
         return "https" if self.options.tls_cert else "http"
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        o = self.options
-        if not o.tls_cert:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(o.tls_cert, o.tls_key)
-        if o.tls_client_ca:
-            ctx.load_verify_locations(o.tls_client_ca)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
-
     def app(self) -> web.Application:
         base = self.options.base_path.rstrip("/")
         app = web.Application(middlewares=[self._guard], client_max_size=self.options.max_body_bytes)
@@ -314,7 +308,8 @@ class FhirHttpSource:
             max_headers=o.max_headers,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, o.host, o.port, ssl_context=self._ssl_context())
+        tls = server_ssl_context(o.tls_cert, o.tls_key, o.tls_client_ca)
+        site = web.TCPSite(self._runner, o.host, o.port, ssl_context=tls)
         await site.start()
         log.info("FHIR source %s listening on %s://%s:%d%s -> %s",
                  self.name, self.scheme, o.host, self.port, o.base_path, self.topic)
@@ -493,7 +488,7 @@ class FhirHttpSource:
             (H.SOURCE, self.name),
             (H.EVENT_ID, event_id),
             (H.RECEIVED_AT, received_at),
-            (H.TRACEPARENT, _traceparent(event_id)),
+            (H.TRACEPARENT, H.traceparent_for(event_id)),
             *(extra or ()),
         ])
         try:
@@ -530,23 +525,14 @@ class FhirHttpSource:
         peer = request.remote or "?"
         extra = [
             ("origin-peer", peer),
-            (H.RECEIVED_AT, received_at),
             ("http-path", request.path),
             ("http-status", str(exc.status)),
             ("content-type", request.headers.get("Content-Type", "")),
         ]
         if truncated:
             extra.append(("truncated", "true"))
-        hdrs = H.dlq_headers(
-            stage="ingest",
-            error=str(exc),
-            error_class=type(exc).__name__,
-            origin_topic=self.topic,
-            origin_partition=-1,
-            origin_offset=-1,
-            source=self.name,
-            extra=extra,
-        )
+        hdrs = ingest_rejection_headers(source=self.name, raw_topic=self.topic, reason=str(exc),
+                                        error_class=type(exc).__name__, received_at=received_at, extra=extra)
         try:
             assert self._producer is not None
             await self._producer.send(DLQ_INGEST, payload, headers=hdrs)
@@ -561,11 +547,6 @@ def _status_error(status: int, body: bytes) -> web.HTTPException:
         return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, text=text, content_type=FHIR_JSON)
     cls = {401: web.HTTPUnauthorized}.get(status, web.HTTPBadRequest)
     return cls(text=text, content_type=FHIR_JSON)
-
-
-def _traceparent(event_id: str) -> str:
-    trace = event_id.replace("-", "")
-    return f"00-{trace}-{trace[:16]}-01"
 
 
 @register_source("fhir-http")

@@ -38,7 +38,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.sources.base import parse_options, register_source
+from connectors.sources.base import DLQ_INGEST, ingest_rejection_headers, parse_options, register_source
 from connectors.sources.fhir_http import FhirRejection, parse_json, require_resource
 from connectors.sources.fhir_http import patient_key as fhir_patient_key
 from connectors.sources.hl7batch import Hl7FileError, split_hl7_file
@@ -52,7 +52,6 @@ from topology.producer import DeliveryError, DurableProducer
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-DLQ_INGEST = "dlq.ingest"
 FILE_NAME = "file-name"
 FILE_SHA = "file-sha256"
 FILE_INDEX = "file-record-index"
@@ -325,15 +324,14 @@ class FileDropSource:
         if rec.line is not None:
             where.append((FILE_LINE, str(rec.line)))
         if rec.error is not None:
-            hdrs = H.dlq_headers(stage="ingest", error=rec.error, error_class=rec.error_class,
-                                 origin_topic=self.topic, origin_partition=-1, origin_offset=-1, source=self.name,
-                                 extra=[(H.RECEIVED_AT, received_at), *where])
+            hdrs = ingest_rejection_headers(source=self.name, raw_topic=self.topic, reason=rec.error,
+                                            error_class=rec.error_class, received_at=received_at, extra=where)
             partition, offset = await self._producer.send(DLQ_INGEST, rec.payload, headers=hdrs)
             self.stats.dlq += 1
             return DLQ_INGEST, partition, offset
         event_id = event_id_for(self.name, rec.payload)
         hdrs = H.encode([(H.SOURCE, self.name), (H.EVENT_ID, event_id), (H.RECEIVED_AT, received_at),
-                         (H.TRACEPARENT, f"00-{event_id.replace('-', '')}-{event_id.replace('-', '')[:16]}-01"),
+                         (H.TRACEPARENT, H.traceparent_for(event_id)),
                          *where])
         partition, offset = await self._producer.send(self.topic, rec.payload, key=rec.key, headers=hdrs)
         self.stats.records += 1

@@ -21,7 +21,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.sources.base import parse_options, register_source
+from connectors.sources.base import (
+    DLQ_INGEST,
+    ingest_rejection_headers,
+    parse_options,
+    register_source,
+    server_ssl_context,
+)
 from connectors.sources.mllp.framing import Frame, Junk, MllpDecoder, OversizeFrame, frame
 from schemas import headers as H
 from schemas import metrics
@@ -34,7 +40,6 @@ from topology.producer import DeliveryError, DurableProducer
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-DLQ_INGEST = "dlq.ingest"
 
 
 class MllpOptions(BaseModel):
@@ -121,22 +126,12 @@ class MllpListener:
             return self.options.port
         return int(self._server.sockets[0].getsockname()[1])
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        o = self.options
-        if not o.tls_cert:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(o.tls_cert, o.tls_key)
-        if o.tls_client_ca:
-            ctx.load_verify_locations(o.tls_client_ca)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
-
     async def start(self) -> None:
         if self._producer is None:
             self._producer = DurableProducer(self.settings)
         self._server = await asyncio.start_server(
-            self._on_connection, self.options.host, self.options.port, ssl=self._ssl_context(), limit=2**20
+            self._on_connection, self.options.host, self.options.port, limit=2**20,
+            ssl=server_ssl_context(self.options.tls_cert, self.options.tls_key, self.options.tls_client_ca),
         )
         log.info("MLLP source %s listening on %s:%d -> %s", self.name, self.options.host, self.port, self.topic)
 
@@ -227,7 +222,7 @@ class MllpListener:
             *self._source_header,
             (H.EVENT_ID, event_id.encode()),
             (H.RECEIVED_AT, received_at.encode()),
-            (H.TRACEPARENT, _traceparent(event_id)),
+            (H.TRACEPARENT, H.traceparent_for(event_id).encode()),
         ]
         try:
             assert self._producer is not None
@@ -247,19 +242,11 @@ class MllpListener:
     async def _to_dlq(
         self, payload: bytes, reason: str, error_class: str, peer: str, received_at: str, truncated: bool = False
     ) -> None:
-        extra = [("origin-peer", peer), (H.RECEIVED_AT, received_at)]
+        extra = [("origin-peer", peer)]
         if truncated:
             extra.append(("truncated", "true"))
-        hdrs = H.dlq_headers(
-            stage="ingest",
-            error=reason,
-            error_class=error_class,
-            origin_topic=self.topic,
-            origin_partition=-1,
-            origin_offset=-1,
-            source=self.name,
-            extra=extra,
-        )
+        hdrs = ingest_rejection_headers(source=self.name, raw_topic=self.topic, reason=reason,
+                                        error_class=error_class, received_at=received_at, extra=extra)
         assert self._producer is not None
         try:
             await self._producer.send(DLQ_INGEST, payload, headers=hdrs)
@@ -274,11 +261,6 @@ def _try_header(raw: bytes) -> MshHeader | None:
         return peek_msh(raw)
     except Hl7ParseError:
         return None
-
-
-def _traceparent(event_id: str) -> bytes:
-    trace = event_id.replace("-", "")
-    return f"00-{trace}-{trace[:16]}-01".encode()
 
 
 @register_source("mllp")
