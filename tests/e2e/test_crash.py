@@ -11,7 +11,6 @@ import random
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +20,7 @@ from schemas.hl7v2.ack import ack_code_of
 from tests.e2e.test_pipeline import _dests, make_pipeline, ndjson_ids, pg_rows
 from tests.support.pipeline import Pipeline, adt_message, wait_until
 from tests.support.topics import read_all
+from topology.broker import free_port
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -66,8 +66,16 @@ class Sender(threading.Thread):
         await asyncio.gather(*(conn(ids[c::self.connections]) for c in range(self.connections)))
 
 
-def _pipeline(e2e_bootstrap: str, fresh_pg_dsn: str, tmp_path: Path, unique_name) -> Pipeline:
-    return make_pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name, prefix="c")
+def _start_all(p: Pipeline, n: int, port: int | None = None) -> tuple[str, str, Sender]:
+    """Source, worker and both sinks running, and a sender feeding N ADT messages."""
+    ehr, billing, _ = _dests(p)
+    listen = p.start_source(port=port)
+    p.start_worker()
+    p.start_sink(ehr)
+    p.start_sink(billing)
+    sender = Sender(lambda: listen, [adt_message(i, ("A01", "A04", "A08")[i % 3]) for i in range(n)])
+    sender.start()
+    return ehr, billing, sender
 
 
 def _verify(p: Pipeline, n: int, k: int, what: str) -> None:
@@ -93,15 +101,9 @@ def _verify(p: Pipeline, n: int, k: int, what: str) -> None:
 
 def test_worker_sigkilled_k_times(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name, soak):
     n, k = (3000, 5) if soak else (240, 2)
-    p = _pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name)
+    p = make_pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name, prefix="c")
     try:
-        ehr, billing, _ = _dests(p)
-        port = p.start_source()
-        p.start_worker()
-        p.start_sink(ehr)
-        p.start_sink(billing)
-        sender = Sender(lambda: port, [adt_message(i, ("A01", "A04", "A08")[i % 3]) for i in range(n)])
-        sender.start()
+        _ehr, _billing, sender = _start_all(p, n)
         rng = random.Random(7)
         for _ in range(k):
             time.sleep(rng.uniform(3.0, 8.0))
@@ -117,15 +119,9 @@ def test_worker_sigkilled_k_times(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_
 
 def test_sink_sigkilled_k_times(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name, soak):
     n, k = (3000, 5) if soak else (240, 2)
-    p = _pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name)
+    p = make_pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name, prefix="c")
     try:
-        ehr, billing, _ = _dests(p)
-        port = p.start_source()
-        p.start_worker()
-        p.start_sink(ehr)
-        p.start_sink(billing)
-        sender = Sender(lambda: port, [adt_message(i, ("A01", "A04", "A08")[i % 3]) for i in range(n)])
-        sender.start()
+        ehr, billing, sender = _start_all(p, n)
         rng = random.Random(11)
         for _ in range(k):
             time.sleep(rng.uniform(3.0, 8.0))
@@ -141,18 +137,10 @@ def test_sink_sigkilled_k_times(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_na
 
 def test_listener_sigkilled_after_random_frames(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name, soak):
     n, k = (2000, 5) if soak else (200, 2)
-    p = _pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name)
+    p = make_pipeline(e2e_bootstrap, fresh_pg_dsn, tmp_path, unique_name, prefix="c")
     try:
-        ehr, billing, _ = _dests(p)
-        from topology.broker import free_port
-
-        port = free_port()
-        p.start_source(port=port)
-        p.start_worker()
-        p.start_sink(ehr)
-        p.start_sink(billing)
-        sender = Sender(lambda: port, [adt_message(i, ("A01", "A04", "A08")[i % 3]) for i in range(n)])
-        sender.start()
+        port = free_port()  # fixed, so the restarted listener is where the sender reconnects
+        _ehr, _billing, sender = _start_all(p, n, port=port)
         rng = random.Random(13)
         kills = 0
         while kills < k and sender.is_alive():
