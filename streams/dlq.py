@@ -20,18 +20,18 @@ import json
 import re
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import headers as H
 from schemas.envelope import EnvelopeError, decode_event, utc_now_iso
+from streams.topic_reader import TopicReadTimeout, read_topics, tool_consumer
 from topology.model import REDRIVES
 from topology.settings import KafkaSettings
 
@@ -134,14 +134,7 @@ class RecordRef:
 
 
 def _consumer(settings: KafkaSettings) -> Consumer:
-    return Consumer(settings.librdkafka(**{
-        "group.id": f"clinstream-dlq-{uuid.uuid4().hex[:10]}",  # never commits; assign() only
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "enable.partition.eof": True,
-        # tools read to the end and stop: do not let the broker hold an empty fetch open
-        "fetch.wait.max.ms": 20,
-    }))
+    return tool_consumer(settings, "dlq")
 
 
 def dlq_topics(settings: KafkaSettings, stage: str | None = None) -> list[str]:
@@ -152,44 +145,11 @@ def dlq_topics(settings: KafkaSettings, stage: str | None = None) -> list[str]:
 
 
 def scan(settings: KafkaSettings, topics: Sequence[str]) -> Iterator[Message]:
-    """Every record on ``topics`` from the start up to the end (then stop).
-
-    The end of each partition is the fetch's end-of-partition event, not a
-    ListOffsets watermark: the embedded broker answers ListOffsets(latest) with
-    the last *batch's* base offset + 1, which would cut a read short.
-    """
-    if not topics:
-        return
-    consumer = _consumer(settings)
+    """Every record on ``topics`` from the start up to the end (then stop)."""
     try:
-        md = consumer.list_topics(timeout=10)
-        assignment = [
-            TopicPartition(topic, p, OFFSET_BEGINNING)
-            for topic in topics if topic in md.topics
-            for p in md.topics[topic].partitions
-        ]
-        if not assignment:
-            return
-        todo = {(tp.topic, tp.partition) for tp in assignment}
-        consumer.assign(assignment)
-        idle_deadline = time.monotonic() + 30
-        while todo:
-            batch = consumer.consume(500, 0.1)
-            if batch:
-                idle_deadline = time.monotonic() + 30
-            elif time.monotonic() > idle_deadline:
-                raise DlqError(f"timed out reading {', '.join(topics)}")
-            for msg in batch:
-                tp = (msg.topic(), msg.partition())
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(tp)
-                    continue
-                if tp in todo:
-                    yield msg
-    finally:
-        consumer.close()
+        yield from read_topics(settings, topics, purpose="dlq")
+    except TopicReadTimeout as exc:
+        raise DlqError(f"timed out reading {', '.join(topics)}: {exc}") from exc
 
 
 def fetch(settings: KafkaSettings, ref: RecordRef) -> Message:

@@ -31,9 +31,9 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer,
 
 from schemas import headers as H
 from schemas.envelope import EnvelopeError, decode_event, encode_event
-from streams.dlq import scan
 from streams.route.consent import ConsentError, ConsentState
 from streams.route.plan import Delivered, DestinationPlan, compile_topology
+from streams.topic_reader import PartitionReader, TopicReadTimeout, read_topics, tool_consumer
 from topology.model import AUDIT, CONSENT, Topology
 from topology.settings import KafkaSettings
 
@@ -103,7 +103,11 @@ class ReplayReport:
 def load_consent(settings: KafkaSettings, topic: str = CONSENT) -> dict[str, ConsentState]:
     """Current consent state per EUID from the compacted decisions topic (last record wins)."""
     states: dict[str, ConsentState] = {}
-    for msg in scan(settings, [topic]):
+    try:
+        records = list(read_topics(settings, [topic], purpose="replay"))
+    except TopicReadTimeout as exc:
+        raise ReplayError(f"timed out reading {topic}: {exc}") from exc
+    for msg in records:
         key = msg.key()
         if not key:
             continue
@@ -129,44 +133,23 @@ def _start_offsets(consumer: Consumer, topic: str, since_ms: int) -> list[TopicP
 
 def _window(settings: KafkaSettings, topic: str, since_ms: int, until_ms: int | None,
             report: ReplayReport) -> Iterator[Message]:
-    consumer = Consumer(settings.librdkafka(**{
-        "group.id": f"clinstream-replay-{report.run_id}",  # assign() only; never commits
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "fetch.wait.max.ms": 20,  # read to the end and stop: no long empty fetches
-    }))
+    consumer = tool_consumer(settings, f"replay-{report.run_id}")
     try:
-        assignment = _start_offsets(consumer, topic, since_ms)
-        if not assignment:
-            return
-        todo = {tp.partition for tp in assignment}
-        consumer.assign(assignment)
-        idle_deadline = time.monotonic() + 30
-        while todo:
-            batch = consumer.consume(500, 0.1)
-            if batch:
-                idle_deadline = time.monotonic() + 30
-            elif time.monotonic() > idle_deadline:
-                raise ReplayError(f"timed out reading {topic} (partitions {sorted(todo)} never reached their end)")
-            for msg in batch:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(msg.partition())
-                    continue
-                if msg.partition() not in todo:
-                    continue
-                _, ts = msg.timestamp()
-                if until_ms is not None and ts > until_ms:
-                    report.outside_window += 1
-                    if ts > until_ms + LATE_TOLERANCE_MS:
-                        # far past the window: producers' clocks are not that far apart, stop here
-                        todo.discard(msg.partition())
-                    continue
-                if ts < since_ms:  # an out-of-order straggler after the start offset
-                    report.outside_window += 1
-                    continue
-                yield msg
+        reader = PartitionReader(consumer, _start_offsets(consumer, topic, since_ms))
+        for msg in reader:
+            _, ts = msg.timestamp()
+            if until_ms is not None and ts > until_ms:
+                report.outside_window += 1
+                if ts > until_ms + LATE_TOLERANCE_MS:
+                    # far past the window: producers' clocks are not that far apart, stop here
+                    reader.stop(msg.topic(), msg.partition())
+                continue
+            if ts < since_ms:  # an out-of-order straggler after the start offset
+                report.outside_window += 1
+                continue
+            yield msg
+    except TopicReadTimeout as exc:
+        raise ReplayError(f"timed out reading {topic}: {exc}") from exc
     finally:
         consumer.close()
 
