@@ -1,6 +1,6 @@
-"""The Faust app: one agent per stage, each a thin shell around a pure ``Stage``.
+"""The Faust app: one agent per stage chain (``streams.chain``), a thin shell around pure stages.
 
-The shell batches (``take_events``), calls ``stage.process`` per record, sends
+The shell batches (``take_events``), runs each record through its chain, sends
 every output and DLQ record through one librdkafka producer (Faust's aiokafka
 producer costs several times more CPU per record; it still carries the table
 changelogs), and waits for their delivery before the batch is acknowledged,
@@ -16,14 +16,14 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import faust
 from faust.streams import _current_event
 
 from schemas import headers as H
-from schemas import metrics
-from streams.stage import InRecord, Outcome, Output
+from streams.chain import Pending, StageChain
+from streams.stage import InRecord
+from streams.tables import ChangelogBuffer, buffered_table_classes
 from topology.model import Topology
 from topology.producer import DurableProducer
 from topology.settings import KafkaSettings
@@ -31,17 +31,10 @@ from topology.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 
-class Stage(Protocol):
-    name: str
-    input_topics: Sequence[str]
-
-    def process(self, record: InRecord) -> Outcome: ...
-
-
 def build_app(
     topology: Topology,
     settings: KafkaSettings,
-    stages: Callable[[faust.App], Sequence[Stage]],
+    chains: Callable[[faust.App], Sequence[StageChain]],
     *,
     app_id: str = "clinstream-worker",
     data_dir: str | Path = "var/worker",
@@ -51,8 +44,10 @@ def build_app(
     web_port: int | None = None,
     producer: DurableProducer | None = None,
 ) -> faust.App:
-    """The Faust app with one agent per stage; stage outputs go through ``producer`` (librdkafka)."""
+    """The Faust app with one agent per stage chain; outputs go through ``producer`` (librdkafka)."""
     producer = producer or DurableProducer(settings, linger_ms=5)
+    outputs = InFlightOutputs(producer)
+    table_cls, global_table_cls = buffered_table_classes(outputs.changelog)
     app = faust.App(
         app_id,
         recovery_consistency_check=not _reports_wrong_high_watermarks(settings),
@@ -73,11 +68,12 @@ def build_app(
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
         web_bind="0.0.0.0",  # probes and scrapes come from the pod network
+        Table=table_cls,  # changelogs go out with the stage outputs (streams.tables)
+        GlobalTable=global_table_cls,
     )
-    outputs = InFlightOutputs(producer)
     outputs.gate_commits(app)
-    for stage in stages(app):
-        _register(app, stage, outputs, batch_size, batch_within_s)
+    for chain in chains(app):
+        _register(app, chain, outputs, batch_size, batch_within_s)
     return app
 
 
@@ -111,32 +107,45 @@ class InFlightOutputs:
     path (which flushes its own producer before committing offsets) is made to wait
     for them too: an offset is still never committed before the outputs of the
     records below it are durable. A failed delivery fails the commit (the worker
-    stops and the uncommitted records are processed again on restart).
+    stops and the uncommitted records are processed again on restart). Table
+    changelog records queued in ``changelog`` (``streams.tables``) go out with them.
     """
 
-    def __init__(self, producer: DurableProducer, max_batches: int = 16) -> None:
+    def __init__(self, producer: DurableProducer, changelog: ChangelogBuffer | None = None,
+                 max_batches: int = 16) -> None:
         self.producer = producer
+        self.changelog = changelog or ChangelogBuffer()
         self.max_batches = max_batches
         self._inflight: list[asyncio.Future[None]] = []
 
-    async def send(self, records: list[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]]) -> None:
-        if records:
-            self._inflight.append(self.producer.send_batch(records))
+    async def send(self, records: list[Pending]) -> None:
+        changelog = self.changelog.take()
+        if records or changelog:
+            delivered: dict[tuple[str, int], int] = {}
+            fut = self.producer.send_batch(records, changelog, delivered)
+            if changelog:
+                fut.add_done_callback(self._mark_persisted_once_durable(delivered))
+            self._inflight.append(fut)
         # keep memory bounded: past the limit, wait for the oldest batches
         while len(self._inflight) > self.max_batches:
             await self._inflight.pop(0)
         self._inflight = [f for f in self._inflight if not f.done() or f.exception() is not None]
 
+    def _mark_persisted_once_durable(
+        self, delivered: dict[tuple[str, int], int]
+    ) -> Callable[[asyncio.Future[None]], None]:
+        def done(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                self.changelog.mark_persisted(delivered)
+        return done
+
     async def drain(self) -> None:
+        await self.send([])  # table writes made outside a batch (none today) are not left behind
         pending, self._inflight = self._inflight, []
         if pending:
             await asyncio.gather(*pending)  # raises the first DeliveryError
 
     def gate_commits(self, app: faust.App) -> None:
-        # Faust's producer (table changelogs) makes streams wait whenever more than 100 records are
-        # buffered ("producer buffer full"): with several index writes per event that throttled the
-        # worker a thousand times a minute. Commits still flush it, so a larger buffer loses nothing.
-        app.producer.buffer.max_messages = 20_000
         faust_flush = app.producer.flush
 
         async def flush_then_drain() -> None:
@@ -146,23 +155,20 @@ class InFlightOutputs:
         app.producer.flush = flush_then_drain  # type: ignore[method-assign]
 
 
-def _register(app: faust.App, stage: Stage, outputs: InFlightOutputs, batch_size: int, within: float) -> None:
-    topic = app.topic(*stage.input_topics, key_type=bytes, value_type=bytes, value_serializer="raw",
+def _register(app: faust.App, chain: StageChain, outputs: InFlightOutputs, batch_size: int, within: float) -> None:
+    topic = app.topic(*chain.input_topics, key_type=bytes, value_type=bytes, value_serializer="raw",
                       key_serializer="raw")
-    dlq_topic = f"dlq.{stage.name}"
-    m = metrics.stage(stage.name)
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
-        flush = getattr(stage, "flush", None)
         async for events in stream.take_events(batch_size, within=within):
-            pending: list[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]] = []
+            pending: list[Pending] = []
             started = time.perf_counter()
             for event in events:
                 # take_events buffers a batch; point Faust's "current event" at the record being processed
                 # so table writes go to that record's changelog partition (and windows use its time).
                 _current_event.set(weakref.ref(event))
                 msg = event.message
-                record = InRecord(
+                chain.process(InRecord(
                     topic=msg.topic,
                     partition=msg.partition,
                     offset=msg.offset,
@@ -170,47 +176,11 @@ def _register(app: faust.App, stage: Stage, outputs: InFlightOutputs, batch_size
                     value=msg.value or b"",
                     headers=H.as_dict(msg.headers),
                     timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
-                )
-                m.records_in(record.headers.get(H.SOURCE, "-"))
-                t0 = time.perf_counter()
-                try:
-                    outcome = stage.process(record)
-                except Exception as exc:  # never let one record crash the worker: dead-letter it
-                    log.warning("%s: %s at %s[%d]@%d", stage.name, type(exc).__name__, msg.topic,
-                                msg.partition, msg.offset)
-                    outcome = Outcome.dead_letter(exc)
-                m.observe_seconds(time.perf_counter() - t0)
-                for out in outcome.outputs:
-                    pending.append((out.topic, out.key, out.value, out.headers))
-                    m.records_out(out.topic)
-                if outcome.dropped:
-                    m.dropped(outcome.dropped)
-                if outcome.error is not None:
-                    m.dlq(type(outcome.error).__name__)
-                    dl = _dead_letter(stage.name, dlq_topic, record, outcome.error)
-                    pending.append((dl.topic, dl.key, dl.value, dl.headers))
-            if flush is not None:
-                flush()  # write-behind state (e.g. the MPI index) goes out with the batch
+                ), pending)
+            chain.flush()  # write-behind state (e.g. the MPI index) goes out with the batch
             # Outputs and dead letters stay in flight; commits wait for them (InFlightOutputs).
             await outputs.send(pending)
-            log.debug("%s: batch of %d in %.1f ms", stage.name, len(events), (time.perf_counter() - started) * 1e3)
+            log.debug("%s: batch of %d in %.1f ms", chain.name, len(events), (time.perf_counter() - started) * 1e3)
 
-    agent.__name__ = f"{stage.name}_agent"
-    app.agent(topic, name=stage.name)(agent)
-
-
-def _dead_letter(stage: str, dlq_topic: str, record: InRecord, error: BaseException) -> Output:
-    return Output(
-        topic=dlq_topic,
-        key=record.key,
-        value=record.value,
-        headers=H.dlq_headers(
-            stage=stage,
-            error=error,
-            origin_topic=record.topic,
-            origin_partition=record.partition,
-            origin_offset=record.offset,
-            source=record.headers.get(H.SOURCE),
-            event_id=record.headers.get(H.EVENT_ID),
-        ),
-    )
+    agent.__name__ = f"{chain.name}_agent"
+    app.agent(topic, name=chain.name)(agent)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.envelope import decode_event
 
 
 class StageError(Exception):
@@ -25,6 +28,14 @@ class InRecord:
     value: bytes
     headers: dict[str, str]
     timestamp_ms: int | None = None
+    # Handed over in memory by the previous stage of a chain (streams.chain): the decoded
+    # envelope, so a chained stage does not decode the bytes the previous one just encoded.
+    event: dict[str, Any] | None = None
+
+
+def event_of(record: InRecord) -> dict[str, Any]:
+    """The record's envelope: the one handed over in memory, else decoded from the bytes."""
+    return record.event if record.event is not None else decode_event(record.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +44,7 @@ class Output:
     value: bytes
     key: bytes | None = None
     headers: Sequence[tuple[str, bytes]] = ()
+    event: dict[str, Any] | None = None  # the envelope ``value`` encodes, for the next stage of a chain
 
 
 @dataclass(frozen=True, slots=True)

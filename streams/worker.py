@@ -2,6 +2,10 @@
 
 normalize (raw.* -> canonical.events) -> dedupe (-> dedup.events) -> identity
 (-> identified.events, mpi.*) -> route (-> dest.*, audit.disclosures, tasks.*).
+
+Two agents (``streams.chain``): normalize, dedupe and identity are co-partitioned by
+the source patient id and run as one chain on ``raw.*`` (and ``mpi.review``); route
+reads the EUID-keyed ``identified.events`` as a chain of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any
 import faust
 import orjson
 
-from streams.app import Stage, build_app
+from streams.app import build_app
+from streams.chain import Stage, StageChain
 from streams.dedupe.stage import DedupeStage
 from streams.identity.engine import MatchEngine
 from streams.identity.model import default_model, load_model
@@ -24,7 +29,7 @@ from streams.normalize.stage import NormalizeStage
 from streams.route.stage import RouteStage
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.lag import LagMonitor
-from topology.model import CANONICAL, DEDUPED, IDENTIFIED, MPI_REVIEW, Topology
+from topology.model import IDENTIFIED, MPI_REVIEW, Topology
 from topology.producer import DurableProducer
 from topology.settings import KafkaSettings
 
@@ -120,11 +125,11 @@ def run_worker(
 ) -> None:
     index_mode = mpi_index or os.environ.get("CLINSTREAM_MPI_INDEX", "global")
 
-    def stages(app: faust.App) -> Sequence[Stage]:
-        return stages_for(app, topology, mpi_model=mpi_model, mpi_index=index_mode)
+    def chains(app: faust.App) -> Sequence[StageChain]:
+        return chains_for(stages_for(app, topology, mpi_model=mpi_model, mpi_index=index_mode))
 
     producer = DurableProducer(settings, linger_ms=5)
-    app = build_app(topology, settings, stages, app_id=app_id, data_dir=data_dir, web_port=web_port, store=store,
+    app = build_app(topology, settings, chains, app_id=app_id, data_dir=data_dir, web_port=web_port, store=store,
                     producer=producer)
     health = HealthServer.from_settings(OpsSettings(), {"broker": broker_check(settings.librdkafka())})
     health.set_ready("agents", False)
@@ -149,6 +154,13 @@ def run_worker(
         producer.close()
 
 
+def chains_for(stages: Sequence[Stage]) -> list[StageChain]:
+    """Everything before route in one chain (co-partitioned by source patient id), route in another."""
+    before = [s for s in stages if s.name != "route"]
+    route = [s for s in stages if s.name == "route"]
+    return [StageChain(group) for group in (before, route) if group]
+
+
 def stages_for_topics(topology: Topology) -> list[list[str]]:
-    """The input topics of every stage (for lag monitoring), without building the stages."""
-    return [topology.raw_topics(), [CANONICAL], [DEDUPED, MPI_REVIEW], [IDENTIFIED]]
+    """The topics the worker consumes (for lag monitoring), without building the stages."""
+    return [[*topology.raw_topics(), MPI_REVIEW], [IDENTIFIED]]

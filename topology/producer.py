@@ -87,20 +87,26 @@ class DurableProducer:
         return await fut
 
     def send_batch(
-        self, records: Sequence[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]]
+        self,
+        records: Sequence[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]],
+        partitioned: Sequence[tuple[str, int, bytes | None, bytes | None]] = (),
+        delivered: dict[tuple[str, int], int] | None = None,
     ) -> asyncio.Future[None]:
         """Produce many records (topic, key, value, headers); the future resolves once *all* are durable.
 
         One future per batch instead of one per record: the agents produce several records per
         input event, and per-record futures cost more than the produce calls themselves.
+        ``partitioned`` records (topic, partition, key, value: table changelogs) go to the partition
+        given; the highest offset delivered per (topic, partition) of those is put in ``delivered``.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        if not records:
+        if not records and not partitioned:
             fut.set_result(None)
             return fut
-        state = {"left": len(records), "error": None}
+        state = {"left": len(records) + len(partitioned), "error": None}
         lock = threading.Lock()
+        highest = delivered if delivered is not None else {}
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             with lock:
@@ -114,6 +120,14 @@ class DurableProducer:
                 else:
                     loop.call_soon_threadsafe(_set_result, fut, None)
 
+        def on_partitioned_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                tp = (msg.topic(), msg.partition())
+                with lock:
+                    if msg.offset() > highest.get(tp, -1):
+                        highest[tp] = msg.offset()
+            on_delivery(err, msg)
+
         produce = self._producer.produce
         for topic, key, value, headers in records:
             while True:
@@ -122,6 +136,13 @@ class DurableProducer:
                     break
                 except BufferError:
                     self._producer.poll(0.01)  # local queue full: let deliveries drain
+        for topic, partition, key, value in partitioned:
+            while True:
+                try:
+                    produce(topic, value, key=key, partition=partition, on_delivery=on_partitioned_delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.01)
         return fut
 
     def produce_nowait(

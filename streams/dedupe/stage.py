@@ -13,9 +13,9 @@ from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from schemas import headers as H
-from schemas.envelope import decode_event, encode_event
+from schemas.envelope import encode_event
 from streams.dedupe.logic import decide
-from streams.stage import InRecord, Outcome, Output
+from streams.stage import InRecord, Outcome, Output, event_of
 from topology.model import CANONICAL, DEDUPED
 
 FLAG_HEADER = "clinstream-dedupe-flag"
@@ -31,12 +31,14 @@ class DedupeStage:
     clock: Callable[[], float] = time.time
 
     def process(self, record: InRecord) -> Outcome:
-        event = decode_event(record.value)
+        event = event_of(record)
         decision = decide(event, self.seen, self.clock(), self.window_s)
-        if decision.action == "drop":
+        if decision.action == "drop" and H.REDRIVE_COUNT not in record.headers:
             return Outcome.drop(decision.reason)
+        # A redrive is an operator's explicit "process this again" (the record was dead-lettered after
+        # dedupe had seen it, e.g. by identity): forwarded and flagged; downstream is idempotent by event id.
         event["lineage"]["stages"] = [*event["lineage"]["stages"], "dedupe"]
         pairs = [(k, v) for k, v in record.headers.items() if k != FLAG_HEADER]
-        if decision.flagged:
-            pairs.append((FLAG_HEADER, decision.reason))
-        return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, H.encode(pairs)))
+        if decision.flagged or decision.action == "drop":
+            pairs.append((FLAG_HEADER, "redriven" if decision.action == "drop" else decision.reason))
+        return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, H.encode(pairs), event))

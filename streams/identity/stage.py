@@ -31,12 +31,12 @@ import orjson
 
 from schemas import headers as H
 from schemas import metrics
-from schemas.envelope import decode_event, encode_event, utc_now_iso
+from schemas.envelope import encode_event, utc_now_iso
 from streams.identity.engine import AUTO_LINK, REVIEW, KeyValueStore, MatchEngine, MemoryStore, Resolution
 from streams.identity.model import default_model
 from streams.identity.record import Identifier, from_fhir_patient
 from streams.identity.review import DECISION
-from streams.stage import InRecord, Outcome, Output
+from streams.stage import InRecord, Outcome, Output, event_of
 from topology.model import DEDUPED, IDENTIFIED, MPI_LINKS, MPI_PATIENTS, MPI_REVIEW
 
 
@@ -88,13 +88,13 @@ class IdentityStage:
     def process(self, record: InRecord) -> Outcome:
         if record.topic == MPI_REVIEW:
             return self._apply_decision(record)
-        event = decode_event(record.value)
+        event = event_of(record)
         patients = [r for r in event["resources"] if r.get("resourceType") == "Patient"]
         event["lineage"]["stages"] = [*event["lineage"]["stages"], "identity"]
         hdrs = H.encode([(k, v) for k, v in record.headers.items()])
         if not patients:
             # nothing to resolve (e.g. a master-file message): forward under the source key
-            return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, hdrs))
+            return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, hdrs, event))
         patient = _survivor(patients)
         rec = from_fhir_patient(patient, event["source"])
         resolution = self.engine.add(rec)
@@ -130,7 +130,7 @@ class IdentityStage:
         golden = self._golden(euid, patient, event)
         outputs.append(Output(MPI_PATIENTS, orjson.dumps(golden), key))
         event["patient"]["euid"] = euid
-        outputs.insert(0, Output(self.output_topic, encode_event(event), key, hdrs))
+        outputs.insert(0, Output(self.output_topic, encode_event(event), key, hdrs, event))
         return Outcome.forward(*outputs)
 
     def _apply_decision(self, record: InRecord) -> Outcome:

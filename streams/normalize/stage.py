@@ -29,13 +29,16 @@ class NormalizeStage:
             return Outcome.dead_letter(ValueError(f"no normalizer for format {fmt!r}"))
         event = to_event(record.value, source=source, headers=record.headers,
                          origin=(record.topic, record.partition, record.offset))
-        out_headers = H.encode([
+        pairs = [
             (H.EVENT_ID, event["event_id"]),
             (H.SOURCE, source),
             (H.TRACEPARENT, record.headers.get(H.TRACEPARENT, "")),
             (H.RECEIVED_AT, event["received_at"]),
-        ])
-        return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, out_headers))
+        ]
+        if H.REDRIVE_COUNT in record.headers:  # dedupe lets an operator's redrive through
+            pairs.append((H.REDRIVE_COUNT, record.headers[H.REDRIVE_COUNT]))
+        out_headers = H.encode(pairs)
+        return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, out_headers, event))
 
 
 def to_event(

@@ -23,11 +23,11 @@ import orjson
 
 from schemas import headers as H
 from schemas import metrics
-from schemas.envelope import decode_event, encode_event
+from schemas.envelope import encode_event
 from streams.route.consent import ConsentState, update_from_event
 from streams.route.plan import Delivered, DestinationPlan, compile_topology, load_keys
 from streams.route.triggers import TriggerSet, compile_triggers
-from streams.stage import InRecord, Outcome, Output
+from streams.stage import InRecord, Outcome, Output, event_of
 from topology.model import AUDIT, CONSENT, IDENTIFIED, Topology
 
 
@@ -62,7 +62,7 @@ class RouteStage:
         return state
 
     def process(self, record: InRecord) -> Outcome:
-        event = decode_event(record.value)
+        event = event_of(record)
         euid = event["patient"].get("euid")
         outputs: list[Output] = []
         state = self.consent_state(euid)

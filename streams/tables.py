@@ -1,0 +1,95 @@
+"""Faust tables whose changelog records go out with the stage outputs, through librdkafka.
+
+A Faust table write sends its changelog record through Faust's aiokafka producer:
+a future, a buffer entry and a Python-built produce request per write, and a
+RocksDB put of the persisted offset per delivered record. The MPI index writes about
+a dozen keys per event, so that path was ~40% of the worker's CPU (py-spy, issue 6).
+Here a write only *queues* its serialized record in a ``ChangelogBuffer``; the
+agent sends the queue with the batch's outputs through the one librdkafka producer
+(``InFlightOutputs``), and once the batch is durable the highest delivered offset of
+each changelog partition is recorded in the table's store, once per partition.
+
+What Faust relies on is unchanged: the record lands on the same changelog partition
+as before (the write's event partition, or murmur2 of the key for
+``use_partitioner`` tables, as aiokafka's partitioner would pick), recovery and
+standbys read the changelog as before, and an input offset is still committed only
+after the changelog records of the records below it are durable (the commit gate
+drains the outputs, and the buffer goes out with them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.types import TP
+
+ChangelogRecord = tuple[str, int, bytes | None, bytes | None]  # topic, partition, key, value
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedChangelog:
+    """What ``Table.on_key_set`` needs back from ``send_changelog``: the partition it went to."""
+
+    message: _Message
+
+
+class ChangelogBuffer:
+    """Changelog records queued by table writes, until the agent sends them with its batch."""
+
+    def __init__(self) -> None:
+        self._records: list[ChangelogRecord] = []
+        self._tables: dict[str, Any] = {}  # changelog topic -> its table
+        self._persisted: dict[tuple[str, int], int] = {}
+
+    def append(self, table: faust.Table, topic: str, partition: int, key: bytes | None,
+               value: bytes | None) -> None:
+        self._tables[topic] = table
+        self._records.append((topic, partition, key, value))
+
+    def take(self) -> list[ChangelogRecord]:
+        records, self._records = self._records, []
+        return records
+
+    def mark_persisted(self, delivered: dict[tuple[str, int], int]) -> None:
+        """Record each changelog partition's highest durable offset in its store (Faust's recovery start).
+
+        Batches may complete out of order across partitions; the recorded offset never moves back."""
+        for tp, offset in delivered.items():
+            table = self._tables.get(tp[0])
+            if table is not None and offset > self._persisted.get(tp, -1):
+                self._persisted[tp] = offset
+                table.data.set_persisted_offset(TP(*tp), offset)
+
+
+class _BufferedChangelog:
+    changelog_buffer: ChangelogBuffer
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: Any = None,
+                       value_serializer: Any = None) -> QueuedChangelog:
+        table: Any = self
+        topic = table.changelog_topic
+        raw_key, _ = topic.prepare_key(key, key_serializer or table.key_serializer)
+        raw_value = None
+        if value is not None:
+            raw_value, _ = topic.prepare_value(value, value_serializer or table.value_serializer)
+        if partition is None:  # use_partitioner: the partition aiokafka's DefaultPartitioner picks
+            count = topic.partitions or table.app.conf.topic_partitions
+            partition = (murmur2(raw_key) & 0x7FFFFFFF) % count
+        self.changelog_buffer.append(table, topic.get_topic_name(), partition, raw_key, raw_value)
+        return QueuedChangelog(_Message(partition))
+
+
+def buffered_table_classes(buffer: ChangelogBuffer) -> tuple[type[faust.Table], type[faust.GlobalTable]]:
+    """Table and GlobalTable classes (Faust's ``Table``/``GlobalTable`` settings) queueing to ``buffer``."""
+    table = type("BufferedChangelogTable", (_BufferedChangelog, faust.Table), {"changelog_buffer": buffer})
+    global_table = type("BufferedChangelogGlobalTable", (_BufferedChangelog, faust.GlobalTable),
+                        {"changelog_buffer": buffer})
+    return table, global_table
