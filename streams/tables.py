@@ -9,24 +9,29 @@ agent sends the queue with the batch's outputs through the one librdkafka produc
 (``InFlightOutputs``), and once the batch is durable the highest delivered offset of
 each changelog partition is recorded in the table's store, once per partition.
 
-What Faust relies on is unchanged: the record lands on the same changelog partition
-as before (the write's event partition, or murmur2 of the key for
-``use_partitioner`` tables, as aiokafka's partitioner would pick), recovery and
-standbys read the changelog as before, and an input offset is still committed only
-after the changelog records of the records below it are durable (the commit gate
-drains the outputs, and the buffer goes out with them).
+What Faust relies on is unchanged: a record lands on the changelog partition of
+the write's event (or, for ``use_partitioner`` tables, on ``changelog_partition``
+of its key, one fixed partition per key so its history stays in order), recovery
+and standbys read the changelog as before, and an input offset is still committed
+only after the changelog records of the records below it are durable (the commit
+gate drains the outputs, and the buffer goes out with them).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 ChangelogRecord = tuple[str, int, bytes | None, bytes | None]  # topic, partition, key, value
+
+
+def changelog_partition(key: bytes, partitions: int) -> int:
+    """The changelog partition of a ``use_partitioner`` table key (CRC32: C-fast, stable across runs)."""
+    return zlib.crc32(key) % partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +85,8 @@ class _BufferedChangelog:
         raw_value = None
         if value is not None:
             raw_value, _ = topic.prepare_value(value, value_serializer or table.value_serializer)
-        if partition is None:  # use_partitioner: the partition aiokafka's DefaultPartitioner picks
-            count = topic.partitions or table.app.conf.topic_partitions
-            partition = (murmur2(raw_key) & 0x7FFFFFFF) % count
+        if partition is None:  # use_partitioner: a fixed partition per key
+            partition = changelog_partition(raw_key, topic.partitions or table.app.conf.topic_partitions)
         self.changelog_buffer.append(table, topic.get_topic_name(), partition, raw_key, raw_value)
         return QueuedChangelog(_Message(partition))
 

@@ -27,6 +27,7 @@ from streams.identity.model import default_model, load_model
 from streams.identity.stage import IdentityStage
 from streams.normalize.stage import NormalizeStage
 from streams.route.stage import RouteStage
+from streams.tables import changelog_partition
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.lag import LagMonitor
 from topology.model import IDENTIFIED, MPI_REVIEW, Topology
@@ -43,13 +44,20 @@ class TableStore:
     """A Faust table as the MPI engine's key-value store, with a read cache and write-behind.
 
     The engine reads the same blocking keys and entities over and over and writes each
-    touched key several times per batch; going to RocksDB (and JSON) for every read and
-    the changelog for every write cost more than the matching itself. Writes are kept in
-    ``_pending`` and flushed once per batch (before the batch's outputs are sent; Faust
-    flushes its changelog producer before committing offsets, so a crash replays the
-    batch rather than losing index writes). The read cache is bounded; in a multi-worker
-    deployment it may serve another worker's stale value until evicted, which can only
-    cost a missed link (a review or a new EUID), never a false one.
+    touched key several times per batch; going through Faust's mapping layers (a
+    serializer registry call per key, a bloom probe of every partition's RocksDB for a
+    global table, a changelog future per write) cost more than the matching itself.
+    Writes are kept in ``_pending`` and flushed once per batch, before the batch's
+    outputs are sent: each key goes straight to the RocksDB of its changelog partition
+    (``streams.tables.changelog_partition``, where Faust's recovery and global-table
+    standby put it too) and its changelog record is queued with the batch's outputs,
+    so a crash replays the batch rather than losing index writes. Keys are UTF-8
+    (the table's key serializer is ``raw``), values orjson bytes. With a non-RocksDB
+    store (``memory://``) it goes through the table's mapping API instead.
+
+    The read cache is bounded; in a multi-worker deployment it may serve another
+    worker's stale value until evicted, which can only cost a missed link (a review
+    or a new EUID), never a false one.
     """
 
     def __init__(self, table: Any, cache_entries: int = 500_000) -> None:
@@ -57,13 +65,31 @@ class TableStore:
         self._pending: dict[str, Any] = {}
         self._cache: dict[str, Any] = {}
         self._cache_entries = cache_entries
+        self._direct: tuple[Any, str, int] | bool | None = False  # resolved on first use (table started)
+
+    def _rocksdb(self) -> tuple[Any, str, int] | None:
+        """(store, changelog topic, partitions) when the table's store is RocksDB, else None."""
+        if self._direct is False:
+            store = self._table.data
+            topic = self._table.changelog_topic
+            self._direct = ((store, topic.get_topic_name(), topic.partitions or self._table.app.conf.topic_partitions)
+                            if hasattr(store, "_db_for_partition") else None)
+        return self._direct  # type: ignore[return-value]
+
+    def _read(self, key: str) -> bytes | None:
+        direct = self._rocksdb()
+        if direct is None:
+            return self._table.get(key)
+        store, _, partitions = direct
+        raw = key.encode()
+        return store._db_for_partition(changelog_partition(raw, partitions)).get(raw)
 
     def get(self, key: str, default: Any = None, /) -> Any:
         value = self._pending.get(key, _MISSING)
         if value is _MISSING:
             value = self._cache.get(key, _MISSING)
             if value is _MISSING:
-                raw = self._table.get(key)
+                raw = self._read(key)
                 value = None if raw is None else orjson.loads(raw)
                 if len(self._cache) >= self._cache_entries:
                     self._cache.clear()
@@ -75,12 +101,30 @@ class TableStore:
         self._cache[key] = value
 
     def flush(self) -> None:
-        table = self._table
-        for key, value in self._pending.items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = orjson.dumps(value)  # orjson: Faust's stdlib json was a third of the flush
+        if not self._pending:
+            return
+        direct = self._rocksdb()
+        if direct is None:
+            table = self._table
+            for key, value in self._pending.items():
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = orjson.dumps(value)
+        else:
+            store, topic, partitions = direct
+            queue = self._table.changelog_buffer.append
+            for key, value in self._pending.items():
+                raw = key.encode()
+                partition = changelog_partition(raw, partitions)
+                db = store._db_for_partition(partition)
+                if value is None:
+                    db.delete(raw)
+                    queue(self._table, topic, partition, raw, None)
+                else:
+                    data = orjson.dumps(value)
+                    db.put(raw, data)
+                    queue(self._table, topic, partition, raw, data)
         self._pending.clear()
 
 
@@ -103,7 +147,8 @@ def stages_for(app: faust.App, topology: Topology, *, mpi_model: str | None = No
     # processed, so one key's history stays in order on one partition and recovery restores its last value.
     table_type = app.GlobalTable if mpi_index == "global" else app.Table
     index = table_type("mpi-index", default=None, partitions=partitions, key_type=str, use_partitioner=True)
-    index.value_serializer = "raw"  # TableStore stores orjson bytes (set before the store is created on first use)
+    # TableStore writes UTF-8 keys and orjson values (set before the store is created on first use)
+    index.key_serializer = index.value_serializer = "raw"
     model = load_model(mpi_model) if mpi_model else default_model()
     stages.append(IdentityStage(engine=MatchEngine(model, store=TableStore(index))))
     consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str)
