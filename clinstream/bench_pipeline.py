@@ -10,6 +10,9 @@ and a throw-away local PostgreSQL (or CLINSTREAM_PG_DSN).
    end-to-end latency per message = row ``delivered_at`` - envelope ``received_at``
    (both stamped on this machine's clock), p50/p99 over the paced run.
 3. Peak RSS (VmHWM) summed over the broker and every clinstream process.
+4. CPU milliseconds per message of each process over the sustained run (user +
+   system time from /proc): robust where msgs/s is not, when something else
+   shares the machine, and it says which part limits the whole.
 """
 
 from __future__ import annotations
@@ -94,6 +97,19 @@ def _rss_peak_mb(pids: list[int]) -> float:
         except OSError:
             continue
     return round(total_kb / 1024, 1)
+
+
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds so far of each named process (fields 14 and 15 of /proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def _rows(dsn: str, run: str | None = None) -> int:
@@ -212,10 +228,14 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 _wait_rows(dsn, len(warm), "W", 180)
                 # 1. sustained throughput
                 batch = [bench_message(i, "T") for i in range(messages)]
+                named = {"source": source.pid, **{f"worker{w}": procs[1 + w].pid for w in range(workers)},
+                         "sink": procs[-1].pid, **{f"broker{i}": pid for i, pid in enumerate(_broker_pids())}}
+                cpu0 = _cpu_s(named)
                 t0 = time.perf_counter()
                 acked = asyncio.run(_closed_loop(port, batch, connections))
                 t_acked = time.perf_counter()
                 t_done = _wait_rows(dsn, messages, "T", 600)
+                cpu1 = _cpu_s(named)
                 # 2. latency at a fixed offered rate
                 paced = [bench_message(i, "L") for i in range(paced_messages)]
                 acked_paced = asyncio.run(_paced(port, paced, offered_rate, connections))
@@ -231,6 +251,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 "p99_ms": round(q[98], 1),
                 "offered_rate": offered_rate,
                 "rss_mb": rss,
+                "cpu_ms_per_msg": {k: round((cpu1[k] - cpu0[k]) * 1000 / messages, 3) for k in cpu1 if k in cpu0},
                 "messages": messages,
                 "paced_messages": paced_messages,
                 "acked": acked + acked_paced,

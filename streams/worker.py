@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 _MISSING = object()
 
 
+def _json_key(key: str) -> bytes:
+    """A table key as Faust's ``json`` key serializer writes it (Faust uses orjson when installed)."""
+    return orjson.dumps(key)
+
+
 class TableStore:
     """A Faust table as the MPI engine's key-value store, with a read cache and write-behind.
 
@@ -51,8 +56,8 @@ class TableStore:
     outputs are sent: each key goes straight to the RocksDB of its changelog partition
     (``streams.tables.changelog_partition``, where Faust's recovery and global-table
     standby put it too) and its changelog record is queued with the batch's outputs,
-    so a crash replays the batch rather than losing index writes. Keys are UTF-8
-    (the table's key serializer is ``raw``), values orjson bytes. With a non-RocksDB
+    so a crash replays the batch rather than losing index writes. Keys are encoded as
+    Faust's key serializer (``json``) does, values are orjson bytes. With a non-RocksDB
     store (``memory://``) it goes through the table's mapping API instead.
 
     The read cache is bounded; in a multi-worker deployment it may serve another
@@ -81,7 +86,7 @@ class TableStore:
         if direct is None:
             return self._table.get(key)
         store, _, partitions = direct
-        raw = key.encode()
+        raw = _json_key(key)
         return store._db_for_partition(changelog_partition(raw, partitions)).get(raw)
 
     def get(self, key: str, default: Any = None, /) -> Any:
@@ -115,7 +120,7 @@ class TableStore:
             store, topic, partitions = direct
             queue = self._table.changelog_buffer.append
             for key, value in self._pending.items():
-                raw = key.encode()
+                raw = _json_key(key)
                 partition = changelog_partition(raw, partitions)
                 db = store._db_for_partition(partition)
                 if value is None:
@@ -147,8 +152,7 @@ def stages_for(app: faust.App, topology: Topology, *, mpi_model: str | None = No
     # processed, so one key's history stays in order on one partition and recovery restores its last value.
     table_type = app.GlobalTable if mpi_index == "global" else app.Table
     index = table_type("mpi-index", default=None, partitions=partitions, key_type=str, use_partitioner=True)
-    # TableStore writes UTF-8 keys and orjson values (set before the store is created on first use)
-    index.key_serializer = index.value_serializer = "raw"
+    index.value_serializer = "raw"  # TableStore stores orjson bytes (set before the store is created on first use)
     model = load_model(mpi_model) if mpi_model else default_model()
     stages.append(IdentityStage(engine=MatchEngine(model, store=TableStore(index))))
     consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str)
