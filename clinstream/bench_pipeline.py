@@ -186,7 +186,7 @@ def _wait_rows(dsn: str, target: int, run: str, timeout_s: float) -> float:
 
 
 def run_pipeline_bench(messages: int, connections: int, offered_rate: float, paced_messages: int,
-                       partitions: int, workers: int, mpi_index: str = "global") -> dict[str, Any]:
+                       partitions: int, workers: int) -> dict[str, Any]:
     from confluent_kafka.admin import AdminClient
 
     from connectors.sinks.pg_local import start_local_postgres
@@ -214,7 +214,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 app_id = f"bench-worker-{int(time.time())}"
                 for w in range(workers):
                     procs.append(_spawn(["run", "worker", "--topology", str(topo_path), "--data-dir",
-                                         str(workdir / f"worker{w}"), "--app-id", app_id, "--mpi-index", mpi_index],
+                                         str(workdir / f"worker{w}"), "--app-id", app_id],
                                         env, workdir / f"worker{w}.log", ops_port=free_port()))
                 procs.append(_spawn(["run", "sink", "--topology", str(topo_path), "--destination", "bench-ehr",
                                      "--group-id", f"bench-sink-{int(time.time())}"], env, workdir / "sink.log",
@@ -258,7 +258,6 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 "connections": connections,
                 "partitions": partitions,
                 "workers": workers,
-                "mpi_index": mpi_index,
                 "broker": "embedded" if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "external",
                 "logs": str(workdir),
             }
@@ -289,14 +288,13 @@ def add_bench_pipeline_parser(bench: Any) -> None:
     p.add_argument("--paced-messages", type=int, default=10000)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--mpi-index", choices=("global", "local"), default="global")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=bench_pipeline_command)
 
 
 def bench_pipeline_command(args: argparse.Namespace) -> int:
     result = run_pipeline_bench(args.messages, args.connections, args.offered_rate, args.paced_messages,
-                                args.partitions, args.workers, args.mpi_index)
+                                args.partitions, args.workers)
     if args.json:
         print(orjson.dumps(result).decode())
     else:

@@ -119,9 +119,6 @@ def _run(sub: Sub) -> None:
     w.add_argument("--app-id", default="clinstream-worker")
     w.add_argument("--web-port", type=int, default=None)
     w.add_argument("--store", default="rocksdb://")
-    w.add_argument("--mpi-index", choices=("global", "local"), default=None,
-                   help="global (any number of workers; default, env CLINSTREAM_MPI_INDEX) or local "
-                        "(single worker replica only, faster)")
     w.set_defaults(func=run_worker_command)
     s = rsub.add_parser("source", help="the topology's sources (MLLP, ...)")
     _topology_arg(s)
@@ -150,7 +147,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
 
     topo = load(args.topology)
     run_worker(topo, _require_cluster(), data_dir=args.data_dir, app_id=args.app_id, web_port=args.web_port,
-               store=args.store, mpi_index=args.mpi_index)
+               store=args.store)
     return 0
 
 

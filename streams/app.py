@@ -177,7 +177,7 @@ def _register(app: faust.App, chain: StageChain, outputs: InFlightOutputs, batch
                     headers=H.as_dict(msg.headers),
                     timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
                 ), pending)
-            chain.flush()  # write-behind state (e.g. the MPI index) goes out with the batch
+            chain.flush(pending)  # write-behind state (the MPI index) goes out with the batch
             # Outputs and dead letters stay in flight; commits wait for them (InFlightOutputs).
             await outputs.send(pending)
             log.debug("%s: batch of %d in %.1f ms", chain.name, len(events), (time.perf_counter() - started) * 1e3)

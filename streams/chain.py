@@ -33,7 +33,7 @@ from streams.stage import InRecord, Outcome, Output
 
 log = logging.getLogger(__name__)
 
-Pending = tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]
+Pending = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]  # topic, key, value, headers
 
 
 class Stage(Protocol):
@@ -116,12 +116,13 @@ class StageChain:
                 return j
         return None
 
-    def flush(self) -> None:
-        """End of batch: stages with write-behind state (the MPI index) write it out now."""
+    def flush(self, pending: list[Pending]) -> None:
+        """End of batch: stages with write-behind state (the MPI index) write it out now; the
+        records that replicate it are appended to ``pending``, to go out with the batch."""
         for runner in self.runners:
             flush = getattr(runner.stage, "flush", None)
             if flush is not None:
-                flush()
+                pending.extend((o.topic, o.key, o.value, o.headers) for o in flush() or ())
 
 
 def _output_topics(stage: Stage) -> Sequence[str]:

@@ -41,7 +41,7 @@ def event_of(record: InRecord) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class Output:
     topic: str
-    value: bytes
+    value: bytes | None  # None: a tombstone (compacted topics)
     key: bytes | None = None
     headers: Sequence[tuple[str, bytes]] = ()
     event: dict[str, Any] | None = None  # the envelope ``value`` encodes, for the next stage of a chain

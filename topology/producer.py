@@ -88,7 +88,7 @@ class DurableProducer:
 
     def send_batch(
         self,
-        records: Sequence[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]],
+        records: Sequence[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]],
         partitioned: Sequence[tuple[str, int, bytes | None, bytes | None]] = (),
         delivered: dict[tuple[str, int], int] | None = None,
     ) -> asyncio.Future[None]:

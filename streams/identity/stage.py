@@ -79,11 +79,13 @@ class IdentityStage:
     def store(self) -> KeyValueStore:
         return self.engine.store
 
-    def flush(self) -> None:
-        """End of batch: a write-behind store (the worker's table store) writes out now."""
+    def flush(self) -> list[Output]:
+        """End of batch: a write-behind store (the worker's replicated index) writes out now; its
+        changelog records are outputs of the batch."""
         flush = getattr(self.engine.store, "flush", None)
-        if flush is not None:
-            flush()
+        if flush is None:
+            return []
+        return [Output(topic, value, key, headers) for topic, key, value, headers in flush() or ()]
 
     def process(self, record: InRecord) -> Outcome:
         if record.topic == MPI_REVIEW:

@@ -1,0 +1,223 @@
+"""A key-value store every worker holds whole: a local RocksDB, replicated through a compacted topic.
+
+The MPI index must be whole on every worker (a candidate can sit under any blocking
+key, whichever partition wrote it). It was a Faust GlobalTable, whose standby
+consumes every changelog record back through Faust's Python consumer path: with a
+dozen index writes per event that cost 2.5-3 ms of worker CPU per event, more than
+all four stages together (bench pipeline, issue 6). Here:
+
+- **writes** go to the local RocksDB at once, and their changelog records (tagged
+  with this process's writer id and a sequence number) are returned by ``flush()``
+  for the caller to send with the batch's outputs, so input offsets are committed
+  only after the index writes they caused are durable;
+- **reads** come from the batch's pending writes, then this process's writes the
+  topic has not echoed yet, then a bounded read cache, then RocksDB;
+- **replication**: a librdkafka consumer thread tails every partition and applies
+  every record in partition order (so all workers converge to the topic's state),
+  in RocksDB write batches that also store the next offset per partition, so a
+  restart resumes where it stopped; the read cache drops what it applies;
+- **start-up**: ``start()`` reads every partition to its end-of-partition event
+  (not a watermark: the embedded broker under-reports them) before returning, so
+  the worker takes no event with a partial index.
+
+Two workers writing one key at the same instant both end with the value the topic
+holds last; for the MPI that is at worst a missed link (a review or a new EUID),
+the same trade-off the GlobalTable made.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from rocksdict import Options, Rdict, WriteBatch
+
+from topology.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+WRITER_HEADER = "clinstream-writer"
+_OFFSET_PREFIX = b"\x00offset:"  # next offset to read, per partition, kept with the data
+_MISSING = object()
+
+ChangelogOutput = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
+
+
+class ReplicationError(RuntimeError):
+    """The store's topic could not be created or read to its end."""
+
+
+class ReplicatedStore:
+    def __init__(self, settings: KafkaSettings, topic: str, path: str | Path, *, partitions: int,
+                 replication_factor: int = 1, cache_entries: int = 500_000) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        Path(path).mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        self._db = Rdict(str(path), options=opts)
+        self._writer = uuid.uuid4().hex
+        self._seq = 0
+        self._pending: dict[str, Any] = {}
+        self._cache: dict[str, Any] = {}
+        self._cache_entries = cache_entries
+        self._unechoed: dict[bytes, tuple[int, Any]] = {}  # own writes not yet read back: key -> (seq, value)
+        self._lock = threading.Lock()
+        self._consumer: Consumer | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.applied = 0  # records applied from the topic (own and other workers')
+
+    # --- the engine's KeyValueStore --------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None, /) -> Any:
+        value = self._pending.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._cache.get(key, _MISSING)
+            if value is _MISSING:
+                raw_key = orjson.dumps(key)
+                own = self._unechoed.get(raw_key)
+                if own is not None:
+                    value = own[1]
+                else:
+                    raw = self._db.get(raw_key)
+                    value = None if raw is None else orjson.loads(raw)
+                    if len(self._cache) >= self._cache_entries:
+                        self._cache.clear()
+                    self._cache[key] = value
+        return default if value is None else value
+
+    def put(self, key: str, value: Any) -> None:
+        self._pending[key] = value
+
+    def flush(self) -> list[ChangelogOutput]:
+        """Write the batch's puts to RocksDB; returns their changelog records, to send with the batch."""
+        if not self._pending:
+            return []
+        out: list[ChangelogOutput] = []
+        batch = WriteBatch(raw_mode=True)
+        with self._lock:
+            for key, value in self._pending.items():
+                raw_key = orjson.dumps(key)  # the key as Faust's json key serializer wrote it
+                self._seq += 1
+                data = None if value is None else orjson.dumps(value)
+                if data is None:
+                    batch.delete(raw_key)
+                else:
+                    batch.put(raw_key, data)
+                self._unechoed[raw_key] = (self._seq, value)
+                self._cache[key] = value
+                out.append((self.topic, raw_key, data, [(WRITER_HEADER, f"{self._writer}:{self._seq}".encode())]))
+        self._db.write(batch)
+        self._pending.clear()
+        return out
+
+    # --- replication -------------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Create the topic if missing, read it to its end, then keep tailing it on a thread."""
+        self._ensure_topic()
+        self._consumer = Consumer(self.settings.librdkafka(**{
+            "group.id": f"clinstream-replica-{self._writer[:12]}",  # assign() only; never commits
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 50,
+        }))
+        assignment = []
+        for p in range(self.partitions):
+            stored = self._db.get(_OFFSET_PREFIX + str(p).encode())
+            assignment.append(TopicPartition(self.topic, p, int(stored) if stored else OFFSET_BEGINNING))
+        self._consumer.assign(assignment)
+        todo = set(range(self.partitions))
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise ReplicationError(f"{self.topic}: partitions {sorted(todo)} not read to their end "
+                                       f"within {timeout_s:.0f}s")
+            todo -= self._poll_once(1.0)
+        log.info("%s: replica caught up (%d records applied)", self.topic, self.applied)
+        self._thread = threading.Thread(target=self._tail, name=f"replica-{self.topic}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        self._db.close()
+
+    def _tail(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._poll_once(0.2)
+            except Exception:  # keep replicating; a broker hiccup must not freeze the index
+                log.exception("%s: replication poll failed", self.topic)
+                self._stop.wait(1.0)
+
+    def _poll_once(self, timeout_s: float) -> set[int]:
+        """Apply what one poll brings; returns the partitions that reported their end."""
+        assert self._consumer is not None
+        msgs = self._consumer.consume(1000, timeout_s)
+        at_end: set[int] = set()
+        if not msgs:
+            return at_end
+        batch = WriteBatch(raw_mode=True)
+        offsets: dict[int, int] = {}
+        touched: list[bytes] = []
+        echoed: list[tuple[bytes, int]] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    continue
+                raise KafkaException(err)
+            key, value = msg.key(), msg.value()
+            if key is None:
+                continue
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+            offsets[msg.partition()] = msg.offset() + 1
+            touched.append(key)
+            writer = dict(msg.headers() or ()).get(WRITER_HEADER)
+            if writer and writer.startswith(self._writer.encode()):
+                echoed.append((key, int(writer.rsplit(b":", 1)[1])))
+        for partition, nxt in offsets.items():
+            batch.put(_OFFSET_PREFIX + str(partition).encode(), str(nxt).encode())
+        with self._lock:
+            self._db.write(batch)
+            for key in touched:
+                self._cache.pop(orjson.loads(key), None)
+            for key, seq in echoed:  # the topic now holds this write: RocksDB serves it again
+                own = self._unechoed.get(key)
+                if own is not None and own[0] == seq:
+                    del self._unechoed[key]
+        self.applied += len(touched)
+        return at_end
+
+    def _ensure_topic(self) -> None:
+        admin = AdminClient(self.settings.librdkafka())
+        if self.topic in admin.list_topics(timeout=10).topics:
+            return
+        fut = admin.create_topics([NewTopic(self.topic, self.partitions, self.replication_factor,
+                                            config={"cleanup.policy": "compact"})])[self.topic]
+        try:
+            fut.result(30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ReplicationError(f"cannot create {self.topic}: {exc}") from exc
+
