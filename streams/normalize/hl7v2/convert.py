@@ -171,7 +171,8 @@ def event_summary(bundle: dict[str, Any]) -> dict[str, Any]:
     first), ``occurred_at`` (EVN-6, else EVN-2, else MSH-7; FHIR dateTime or None).
     """
     entries = bundle.get("entry") or []
-    header = next((e["resource"] for e in entries if e["resource"]["resourceType"] == "MessageHeader"), {})
+    header: dict[str, Any] = next(
+        (e["resource"] for e in entries if e["resource"]["resourceType"] == "MessageHeader"), {})
     trigger = (header.get("eventCoding") or {}).get("code", "")
     mtype = next((t["code"] for t in (header.get("meta") or {}).get("tag", [])
                   if t.get("system") == _MESSAGE_TYPE_TAG), "")
