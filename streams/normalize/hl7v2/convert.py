@@ -62,9 +62,9 @@ def convert_message(
             handler(mapper, seg)
         except Hl7ParseError:
             raise
-        except dt.DataTypeError as exc:
+        except dt.DataTypeError as bad_value:
             # Values read through composite mappers (XAD/XPN dates...) carry no field number.
-            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id) from None
+            raise Hl7ParseError(str(bad_value), segment_index=seg.index, segment_id=seg.id) from None
         except Exception as exc:
             raise Hl7ParseError(f"cannot map segment ({type(exc).__name__}: {exc})", segment_index=seg.index,
                                 segment_id=seg.id, hl7_error_code=207) from exc
