@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from schemas.compiled import build_kind
 from schemas.hl7v2.parser import parse_message
 from streams.normalize.hl7v2.convert import convert_message
 from streams.normalize.hl7v2.samples import message_files
@@ -60,7 +61,7 @@ def run_convert_bench(
     corpus = [p.read_bytes() for p in paths]
     texts = [_cr_text(raw) for raw in corpus]
     base = baseline_seconds if baseline_seconds is not None else max(seconds / 4, 0.25)
-    result: dict[str, Any] = {"messages": len(corpus)}
+    result: dict[str, Any] = {"messages": len(corpus), "build": build_kind()}
     result["parse_msgs_per_s"], _ = _rate(parse_message, corpus, seconds, rounds)
     result["convert_msgs_per_s"], result["convert_errors"] = _rate(
         lambda raw: convert_message(raw, source="bench"), corpus, seconds, rounds)
@@ -96,7 +97,8 @@ def bench_convert_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"HL7 v2 conversion throughput ({result['messages']} corpus messages, one core)")
+    table = Table(title=f"HL7 v2 conversion throughput ({result['messages']} corpus messages, one core, "
+                        f"{result['build']} build)")
     table.add_column("measurement")
     table.add_column("msg/s", justify="right")
     table.add_column("target", justify="right")

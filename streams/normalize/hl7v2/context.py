@@ -94,12 +94,14 @@ class Ctx:
             rid = _uuid5_from(self._scoped_state, f"{rtype}|{key}")  # == make_id(f"{msg_key}|{rtype}|{key}")
         else:
             ckey = (self.source, f"{rtype}|{key}")
-            rid = _UNSCOPED_IDS.get(ckey)  # type: ignore[assignment]
-            if rid is None:
+            hit = _UNSCOPED_IDS.get(ckey)
+            if hit is None:
                 rid = _uuid5_from(self._source_state, ckey[1])
                 if len(_UNSCOPED_IDS) >= _UNSCOPED_IDS_MAX:
                     _UNSCOPED_IDS.clear()
                 _UNSCOPED_IDS[ckey] = rid
+            else:
+                rid = hit
         ref = f"urn:uuid:{rid}"
         if ref not in self.resources:
             resource["id"] = rid

@@ -62,9 +62,9 @@ def convert_message(
             handler(mapper, seg)
         except Hl7ParseError:
             raise
-        except dt.DataTypeError as exc:
+        except dt.DataTypeError as bad_value:
             # Values read through composite mappers (XAD/XPN dates...) carry no field number.
-            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id) from None
+            raise Hl7ParseError(str(bad_value), segment_index=seg.index, segment_id=seg.id) from None
         except Exception as exc:
             raise Hl7ParseError(f"cannot map segment ({type(exc).__name__}: {exc})", segment_index=seg.index,
                                 segment_id=seg.id, hl7_error_code=207) from exc
@@ -101,10 +101,6 @@ def _safe(fn: Any, seg: Segment, field: int) -> Any:
         raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=field) from None
 
 
-def _is_focus(ctx: Ctx, ref: str) -> bool:
-    return ctx.resources[ref]["resourceType"] not in SUPPORTING
-
-
 _ENDPOINTS: dict[tuple[str | None, str, str], str] = {}
 
 
@@ -130,11 +126,14 @@ def _message_header(ctx: Ctx, msh: Segment, mapper: Mapper) -> str:
     source: dict[str, Any] = {"endpoint": _endpoint(dt.hd_system(sender_app), sender_app.get(1), "app")}
     if sender_app.get(1):
         source["name"] = sender_app.get(1)
-    for sft in ctx.msg.segments("SFT")[:1]:
+    for sft in ctx.msg.segs:  # the first SFT, found without indexing every segment by id
+        if sft.id != "SFT":
+            continue
         if sft.get(3):
             source["software"] = sft.get(3)
         if sft.get(2):
             source["version"] = sft.get(2)
+        break
     header: dict[str, Any] = {
         "resourceType": "MessageHeader",
         "eventCoding": {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": trigger,
@@ -156,7 +155,8 @@ def _message_header(ctx: Ctx, msh: Segment, mapper: Mapper) -> str:
     sender = ctx.organization_hd(msh.rep(4))
     if sender:
         header["sender"] = {"reference": sender}
-    mapper.focus = [r for r in ctx.order if _is_focus(ctx, r)]  # the header itself is SUPPORTING
+    resources = ctx.resources
+    mapper.focus = [r for r in ctx.order if resources[r]["resourceType"] not in SUPPORTING]  # header: SUPPORTING
     focus = [{"reference": r} for r in mapper.focus]
     if focus:
         header["focus"] = focus
@@ -171,7 +171,8 @@ def event_summary(bundle: dict[str, Any]) -> dict[str, Any]:
     first), ``occurred_at`` (EVN-6, else EVN-2, else MSH-7; FHIR dateTime or None).
     """
     entries = bundle.get("entry") or []
-    header = next((e["resource"] for e in entries if e["resource"]["resourceType"] == "MessageHeader"), {})
+    header: dict[str, Any] = next(
+        (e["resource"] for e in entries if e["resource"]["resourceType"] == "MessageHeader"), {})
     trigger = (header.get("eventCoding") or {}).get("code", "")
     mtype = next((t["code"] for t in (header.get("meta") or {}).get("tag", [])
                   if t.get("system") == _MESSAGE_TYPE_TAG), "")

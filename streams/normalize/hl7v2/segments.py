@@ -284,6 +284,8 @@ class Mapper:
             role = lookup("0063", code)
             coding = {"system": V3_ROLE_CODE, "code": role} if role else dt.table_coding(code, "0063" if n == 3
                                                                                            else "0131")
+            if coding is None:
+                continue
             if rep.get(2):
                 coding["display"] = rep.get(2)
             rels.append({"coding": [coding]})
@@ -564,7 +566,7 @@ class Mapper:
         if rel in ("SEL", "SLF", "SELF"):
             party = ctx.patient
         else:
-            rp = {
+            rp: dict[str, Any] = {
                 "resourceType": "RelatedPerson",
                 "patient": {"reference": ctx.patient},
                 "name": _collect(dt.human_name, seg.repetitions(3)),
@@ -608,7 +610,7 @@ class Mapper:
         return lookup("0038", orc.get(5)) or lookup("0119", orc.get(1)) or "active"
 
     def _order_identifiers(self, orc: Segment | None, obr: Segment | None) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for seg, placer, filler in ((orc, 2, 3), (obr, 2, 3)):
             if seg is None:
                 continue
@@ -746,7 +748,8 @@ class Mapper:
             obs["specimen"] = {"reference": self.specimen}
         if self.order:
             obs["basedOn"] = [{"reference": self.order}]
-        if self.med and ctx.get(self.med) and ctx.get(self.med)["resourceType"] == "Immunization":
+        med = ctx.get(self.med)
+        if med is not None and med["resourceType"] == "Immunization":
             obs["partOf"] = [{"reference": self.med}]
         ref = ctx.add(_drop_empty(obs), f"OBX|{seg.index}")
         report = ctx.get(self.report)

@@ -25,9 +25,16 @@ def table(name: str) -> dict[str, Any]:
     return data
 
 
+# The tables already read, by name: a plain dict get is cheaper than calling the @cache wrapper
+# (lookup runs ~30 times a message).
+_LOADED: dict[str, dict[str, Any]] = {}
+
+
 def lookup(name: str, code: str) -> Any:
     """Mapped value for ``code`` in table ``name`` (exact, then upper-case), else None."""
-    t = table(name)
+    t = _LOADED.get(name)
+    if t is None:
+        t = _LOADED[name] = table(name)
     hit = t.get(code)
     if hit is None and code:
         hit = t.get(code.upper())
