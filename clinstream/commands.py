@@ -144,7 +144,9 @@ def _require_cluster() -> Any:
 
 def run_worker_command(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
+    from topology.runtime import tune_gc
 
+    tune_gc()
     topo = load(args.topology)
     run_worker(topo, _require_cluster(), data_dir=args.data_dir, app_id=args.app_id, web_port=args.web_port,
                store=args.store)
@@ -155,15 +157,21 @@ def run_source_command(args: argparse.Namespace) -> int:
     import asyncio
 
     from connectors.sources.run import serve_sources
+    from topology.runtime import freeze_startup_heap, tune_gc
 
+    tune_gc()
     topo = load(args.topology)
+    freeze_startup_heap()
     asyncio.run(serve_sources(topo, _require_cluster(), args.source))
     return 0
 
 
 def run_sink_command(args: argparse.Namespace) -> int:
     from connectors.sinks.runner import sink_main
+    from topology.runtime import freeze_startup_heap, tune_gc
 
+    tune_gc()
+    freeze_startup_heap()
     argv = ["--topology", args.topology, "--destination", args.destination]
     if args.group_id:
         argv += ["--group-id", args.group_id]

@@ -29,6 +29,7 @@ from topology.health import HealthServer, OpsSettings, broker_check
 from topology.lag import LagMonitor
 from topology.model import IDENTIFIED, MPI_REVIEW, Topology
 from topology.producer import DurableProducer
+from topology.runtime import freeze_startup_heap
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def run_worker(
     @app.task
     async def _agents_started() -> None:
         health.set_ready("agents", True)
+        freeze_startup_heap()  # Faust, tables and stages are built: keep them out of the collector's scans
 
     inputs = sorted({t for stage in stages_for_topics(topology) for t in stage})
     lag = LagMonitor(settings, app_id, inputs)
