@@ -87,16 +87,17 @@ def _topology(dsn: str, partitions: int) -> dict[str, Any]:
     }
 
 
-def _rss_peak_mb(pids: list[int]) -> float:
-    total_kb = 0
-    for pid in pids:
+def _rss_peak_mb(pids: dict[str, int]) -> dict[str, float]:
+    """Peak resident set (VmHWM) of each named process, MB."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    total_kb += int(line.split()[1])
+                    out[name] = round(int(line.split()[1]) / 1024, 1)
         except OSError:
             continue
-    return round(total_kb / 1024, 1)
+    return out
 
 
 def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
@@ -241,8 +242,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 acked_paced = asyncio.run(_paced(port, paced, offered_rate, connections))
                 _wait_rows(dsn, paced_messages, "L", 300)
                 lat = _latencies_ms(dsn, "L")
-                broker_pids = [p for p in _broker_pids()]
-                rss = _rss_peak_mb([p.pid for p in procs] + broker_pids)
+                rss = _rss_peak_mb(named)
             q = statistics.quantiles(lat, n=100)
             return {
                 "msgs_per_s": round(messages / (t_done - t0), 1),
@@ -250,7 +250,8 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 "p50_ms": round(q[49], 1),
                 "p99_ms": round(q[98], 1),
                 "offered_rate": offered_rate,
-                "rss_mb": rss,
+                "rss_mb": round(sum(rss.values()), 1),
+                "rss_mb_by_process": rss,
                 "cpu_ms_per_msg": {k: round((cpu1[k] - cpu0[k]) * 1000 / messages, 3) for k in cpu1 if k in cpu0},
                 "messages": messages,
                 "paced_messages": paced_messages,

@@ -132,6 +132,7 @@ class ReplicatedStore:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 50,
+            "queued.max.messages.kbytes": 8192,  # the default prefetch (64 MB) is mostly idle memory here
         }))
         assignment = []
         for p in range(self.partitions):

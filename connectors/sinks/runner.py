@@ -130,6 +130,9 @@ class SinkRunner:
             "session.timeout.ms": self.settings.session_timeout_ms,
             "heartbeat.interval.ms": max(self.settings.session_timeout_ms // 4, 500),
             "enable.partition.eof": False,
+            # librdkafka prefetches up to 64 MB by default; a sink writes batches of a few MB, and
+            # a sink per destination should not each hold that much (bench pipeline RSS)
+            "queued.max.messages.kbytes": 16384,
             **self.consumer_config,
         })
         return Consumer(conf)

@@ -66,7 +66,7 @@ def test_envelope_round_trip_and_clear_errors() -> None:
              "destination": None, "purpose": None,
              "lineage": {"topic": "raw.hl7v2.x", "partition": 1, "offset": 2, "stages": ["normalize"]}}
     assert decode_event(encode_event(event)) == event
-    with pytest.raises(EnvelopeError, match="ClinicalEvent.event_type"):
+    with pytest.raises(EnvelopeError, match=r"ClinicalEvent\.event_type"):
         encode_event({**event, "event_type": None})
     with pytest.raises(EnvelopeError, match="lineage"):
         encode_event({k: v for k, v in event.items() if k != "lineage"})
