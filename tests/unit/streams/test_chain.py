@@ -1,0 +1,97 @@
+"""Stages chained in one agent: same outputs as one agent per stage, dead letters carry the consumed record."""
+
+from __future__ import annotations
+
+from schemas import headers as H
+from schemas.envelope import decode_event
+from streams.chain import StageChain
+from streams.dedupe.stage import DedupeStage
+from streams.identity.stage import IdentityStage
+from streams.normalize.stage import NormalizeStage
+from streams.stage import InRecord, Outcome, Output
+from tests.unit.identity.test_identity_stage import adt
+from topology.model import CANONICAL, DEDUPED, IDENTIFIED, MPI_LINKS, MPI_PATIENTS, MPI_REVIEW
+
+RAW = "raw.hl7v2.feed"
+
+
+def raw_record(value: bytes, offset: int, **headers: str) -> InRecord:
+    return InRecord(RAW, 2, offset, b"MRN1", value, {H.SOURCE: "feed", **headers})
+
+
+def chain() -> StageChain:
+    return StageChain([NormalizeStage(input_topics=[RAW]), DedupeStage(seen={}), IdentityStage.with_store()])
+
+
+def test_inputs_are_the_topics_no_earlier_stage_writes() -> None:
+    assert chain().input_topics == (RAW, MPI_REVIEW)
+
+
+def test_one_record_goes_through_every_stage_and_every_topic_is_still_written() -> None:
+    pending: list = []
+    chain().process(raw_record(adt("A01", "MRN1", "DOE", "JANE", "19800101", "C1"), 5), pending)
+    topics = [p[0] for p in pending]
+    assert topics[:3] == [CANONICAL, DEDUPED, IDENTIFIED]
+    assert MPI_LINKS in topics and MPI_PATIENTS in topics
+    identified = decode_event(next(p[2] for p in pending if p[0] == IDENTIFIED))
+    assert identified["patient"]["euid"]
+    assert identified["lineage"] == {"topic": RAW, "partition": 2, "offset": 5,
+                                     "stages": ["normalize", "dedupe", "identity"]}
+    # the same bytes as one agent per stage would write: the canonical record decodes to the dedupe input
+    canonical = decode_event(next(p[2] for p in pending if p[0] == CANONICAL))
+    assert canonical["event_id"] == identified["event_id"] and canonical["lineage"]["stages"] == ["normalize"]
+
+
+def test_a_duplicate_stops_at_dedupe_and_a_redrive_goes_through() -> None:
+    c = chain()
+    msg = adt("A01", "MRN1", "DOE", "JANE", "19800101", "C1")
+    c.process(raw_record(msg, 1), [])
+    again: list = []
+    c.process(raw_record(msg, 2), again)
+    assert [p[0] for p in again] == [CANONICAL]  # normalized, then dropped as a duplicate
+    redriven: list = []
+    c.process(raw_record(msg, 3, **{H.REDRIVE_COUNT: "1"}), redriven)
+    assert IDENTIFIED in [p[0] for p in redriven]
+    flag = dict(next(p[3] for p in redriven if p[0] == DEDUPED))["clinstream-dedupe-flag"]
+    assert flag == b"redriven"
+
+
+class Failing:
+    name = "identity"
+    input_topics = (DEDUPED,)
+    output_topic = IDENTIFIED
+
+    def process(self, record: InRecord) -> Outcome:
+        raise RuntimeError("index unavailable")
+
+
+def test_an_inner_stage_failure_dead_letters_the_consumed_record() -> None:
+    c = StageChain([NormalizeStage(input_topics=[RAW]), DedupeStage(seen={}), Failing()])
+    value = adt("A01", "MRN1", "DOE", "JANE", "19800101", "C1")
+    pending: list = []
+    c.process(raw_record(value, 9), pending)
+    topic, key, dlq_value, headers = pending[-1]
+    h = H.as_dict(headers)
+    assert topic == "dlq.identity" and dlq_value == value and key == b"MRN1"
+    assert (h[H.ERROR_STAGE], h[H.ORIGIN_TOPIC], h[H.ORIGIN_PARTITION], h[H.ORIGIN_OFFSET]) == \
+        ("identity", RAW, "2", "9")
+    assert "index unavailable" in h[H.ERROR_MESSAGE]
+
+
+class Buffered:
+    """A stage with write-behind state: what ``flush`` returns goes out with the batch."""
+
+    name = "buffered"
+    input_topics = ("in",)
+
+    def process(self, record: InRecord) -> Outcome:
+        return Outcome.drop("kept")
+
+    def flush(self) -> list[Output]:
+        return [Output("state-changelog", None, b"k")]  # a tombstone
+
+
+def test_flush_outputs_join_the_batch() -> None:
+    pending: list = []
+    StageChain([Buffered()]).flush(pending)
+    assert pending == [("state-changelog", b"k", None, ())]
