@@ -88,6 +88,16 @@ CONSENT_DENIALS = Counter(
 DISCLOSURES = Counter(
     "clinstream_disclosures_total", "Disclosures recorded on audit.disclosures.", ["destination", "purpose"]
 )
+REPLICA_RECORDS_APPLIED = Counter(
+    "clinstream_replica_records_applied_total",
+    "Records a replicated store (the MPI index) applied from its topic, this worker's and others'.",
+    ["topic"],
+)
+REPLICA_UNECHOED_WRITES = Gauge(
+    "clinstream_replica_unechoed_records",
+    "This worker's replicated-store writes its topic has not echoed back yet (replication backlog).",
+    ["topic"],
+)
 
 # --- sinks ------------------------------------------------------------------
 SINK_RECORDS = Counter(
@@ -115,6 +125,8 @@ CATALOGUE: tuple[MetricWrapperBase, ...] = (
     MPI_DECISIONS,
     CONSENT_DENIALS,
     DISCLOSURES,
+    REPLICA_RECORDS_APPLIED,
+    REPLICA_UNECHOED_WRITES,
     SINK_RECORDS,
     SINK_RETRIES,
     SINK_CIRCUIT_STATE,

@@ -40,6 +40,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 from rocksdict import Options, Rdict, WriteBatch
 
+from schemas import metrics
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class ReplicatedStore:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.applied = 0  # records applied from the topic (own and other workers')
+        self._applied_metric = metrics.REPLICA_RECORDS_APPLIED.labels(topic)
+        self._unechoed_metric = metrics.REPLICA_UNECHOED_WRITES.labels(topic)
 
     # --- the engine's KeyValueStore --------------------------------------------------------------
 
@@ -208,6 +211,8 @@ class ReplicatedStore:
                 if own is not None and own[0] == seq:
                     del self._unechoed[key]
         self.applied += len(touched)
+        self._applied_metric.inc(len(touched))
+        self._unechoed_metric.set(len(self._unechoed))
         return at_end
 
     def _ensure_topic(self) -> None:

@@ -56,6 +56,8 @@ def test_required_metrics_present_with_labels() -> None:
         "clinstream_disclosures_total": ("destination", "purpose"),
         "clinstream_source_records_total": ("source", "outcome"),
         "clinstream_ingest_bytes_total": ("source",),
+        "clinstream_replica_records_applied_total": ("topic",),
+        "clinstream_replica_unechoed_records": ("topic",),
     }
     by_name = {}
     for metric in m.CATALOGUE:
