@@ -230,7 +230,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 # 1. sustained throughput
                 batch = [bench_message(i, "T") for i in range(messages)]
                 named = {"source": source.pid, **{f"worker{w}": procs[1 + w].pid for w in range(workers)},
-                         "sink": procs[-1].pid, **{f"broker{i}": pid for i, pid in enumerate(_broker_pids())}}
+                         "sink": procs[-1].pid, **{f"broker{i}": pid for i, pid in enumerate(_broker_pids(bootstrap))}}
                 cpu0 = _cpu_s(named)
                 t0 = time.perf_counter()
                 acked = asyncio.run(_closed_loop(port, batch, connections))
@@ -268,15 +268,17 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
         _ = EmbeddedBroker  # the embedded broker (if any) stops with cluster()
 
 
-def _broker_pids() -> list[int]:
+def _broker_pids(bootstrap: str) -> list[int]:
+    """The embedded broker serving ``bootstrap`` (not another test's broker on the same machine)."""
+    port = bootstrap.rsplit(":", 1)[-1].encode()
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                cmd = (d / "cmdline").read_bytes()
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"tansu" in cmd.split(b"\0", 1)[0]:
+            if b"tansu" in cmd[0] and any(arg.endswith(b":" + port) for arg in cmd):
                 out.append(int(d.name))
     return out
 

@@ -35,16 +35,36 @@ class DedupeDecision:
         return self.reason == "control-id-reused"
 
 
-def _strip(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip(v) for k, v in node.items() if k not in VOLATILE_KEYS}
-    if isinstance(node, list):
-        return [_strip(v) for v in node]
-    return node
+def _strip_dict(node: dict[str, Any]) -> dict[str, Any]:
+    # Recurse only into containers: most values are scalars, and a call per scalar was most of the cost.
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k in VOLATILE_KEYS:
+            continue
+        t = type(v)
+        if t is dict:
+            v = _strip_dict(v)
+        elif t is list:
+            v = _strip_list(v)
+        out[k] = v
+    return out
+
+
+def _strip_list(node: list[Any]) -> list[Any]:
+    out = []
+    for v in node:
+        t = type(v)
+        if t is dict:
+            v = _strip_dict(v)
+        elif t is list:
+            v = _strip_list(v)
+        out.append(v)
+    return out
 
 
 def content_hash(event: dict[str, Any]) -> str:
-    resources = [_strip(r) for r in event.get("resources", ()) if r.get("resourceType") not in VOLATILE_RESOURCES]
+    resources = [_strip_dict(r) for r in event.get("resources", ())
+                 if r.get("resourceType") not in VOLATILE_RESOURCES]
     payload = orjson.dumps([event.get("event_type"), resources], option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(payload, digest_size=16).hexdigest()
 
