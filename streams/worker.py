@@ -25,6 +25,7 @@ from streams.identity.stage import IdentityStage
 from streams.normalize.stage import NormalizeStage
 from streams.replicated_store import ReplicatedStore
 from streams.route.stage import RouteStage
+from streams.tables import PartitionedTableView
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.lag import LagMonitor
 from topology.model import IDENTIFIED, MPI_REVIEW, Topology
@@ -50,11 +51,11 @@ def stages_for(app: faust.App, topology: Topology, index: KeyValueStore, *, mpi_
     if raw:
         stages.append(NormalizeStage(input_topics=raw))
     seen = app.Table("dedupe-seen", default=None, partitions=partitions, key_type=str, value_type=str)
-    stages.append(DedupeStage(seen=seen, window_s=dedupe_window_s))
+    stages.append(DedupeStage(seen=PartitionedTableView(seen), window_s=dedupe_window_s))
     model = load_model(mpi_model) if mpi_model else default_model()
     stages.append(IdentityStage(engine=MatchEngine(model, store=index)))
     consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str)
-    stages.append(RouteStage.from_topology(topology, consent=consent))
+    stages.append(RouteStage.from_topology(topology, consent=PartitionedTableView(consent)))
     return stages
 
 
