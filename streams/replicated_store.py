@@ -134,6 +134,8 @@ class ReplicatedStore:
             "group.id": f"clinstream-replica-{self._writer[:12]}",  # assign() only; never commits
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # a stored offset the topic no longer has (recreated, or compacted away): re-read all of it
+            "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,
             "queued.max.messages.kbytes": 8192,  # the default prefetch (64 MB) is mostly idle memory here
         }))
