@@ -16,14 +16,19 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import faust
 from faust.streams import _current_event
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 
 from schemas import headers as H
 from streams.chain import Pending, StageChain
 from streams.stage import InRecord
 from streams.tables import ChangelogBuffer, buffered_table_classes
+from topology.broker import fetch_wait_ms, is_embedded_broker
 from topology.model import Topology
 from topology.producer import DurableProducer
 from topology.settings import KafkaSettings
@@ -72,6 +77,9 @@ def build_app(
         GlobalTable=global_table_cls,
     )
     outputs.gate_commits(app)
+    wait = fetch_wait_ms(settings)
+    if wait is not None:
+        _with_fetch_wait(app, wait)
     for chain in chains(app):
         _register(app, chain, outputs, batch_size, batch_within_s)
     return app
@@ -85,17 +93,35 @@ def _reports_wrong_high_watermarks(settings: KafkaSettings) -> bool:
     is kept on for every other broker. (On Tansu, a worker that loses its data dir can also
     recover a table short of its last changelog batch: one more reason it is demo/test only.)
     """
-    from confluent_kafka.admin import AdminClient
-
-    try:
-        cluster_id = AdminClient(settings.librdkafka()).list_topics(timeout=10).cluster_id or ""
-    except Exception:  # unreachable now: keep Faust's default (the check on)
-        return False
-    if cluster_id.startswith("tansu"):
-        log.warning("broker cluster %r is Tansu: Faust's recovery consistency check is off (wrong high "
-                    "watermarks); demo/test only", cluster_id)
+    if is_embedded_broker(settings):
+        log.warning("the broker is Tansu: Faust's recovery consistency check is off (wrong high watermarks); "
+                    "demo/test only")
         return True
     return False
+
+
+class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer with the fetch wait from ``fetch_wait_ms`` (Faust fixes it at 1.5 s)."""
+
+    fetch_max_wait_ms: int = 1500
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+
+def _with_fetch_wait(app: faust.App, wait_ms: int) -> None:
+    thread_cls = type("FetchWaitConsumerThread", (_FetchWaitConsumerThread,), {"fetch_max_wait_ms": wait_ms})
+
+    class FetchWaitConsumer(AIOKafkaConsumer):
+        def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+            return thread_cls(self, loop=self.loop, beacon=self.beacon)
+
+    class FetchWaitTransport(AIOKafkaTransport):
+        Consumer = FetchWaitConsumer
+
+    app.transport = FetchWaitTransport(app.conf.broker_consumer, app)
 
 
 class InFlightOutputs:

@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rocksdict import Options, Rdict, WriteBatch
 
 from schemas import metrics
+from topology.broker import fetch_wait_ms
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class ReplicatedStore:
             "enable.partition.eof": True,
             # a stored offset the topic no longer has (recreated, or compacted away): re-read all of it
             "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 50,
+            "fetch.wait.max.ms": fetch_wait_ms(self.settings) or 50,
             "queued.max.messages.kbytes": 8192,  # the default prefetch (64 MB) is mostly idle memory here
         }))
         assignment = []

@@ -5,6 +5,7 @@ It keeps everything in memory: fine for demos and tests, never for production.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -123,3 +124,33 @@ def cluster(settings: KafkaSettings | None = None) -> Iterator[KafkaSettings]:
             broker.bootstrap,
         )
         yield settings.with_bootstrap(broker.bootstrap)
+
+
+@functools.cache
+def _cluster_id(bootstrap: str, conf_items: tuple[tuple[str, str], ...]) -> str:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        return AdminClient(dict(conf_items)).list_topics(timeout=10).cluster_id or ""
+    except Exception:  # unreachable now: callers keep their defaults for a real cluster
+        return ""
+
+
+def is_embedded_broker(settings: KafkaSettings) -> bool:
+    """Whether the cluster is a Tansu broker (the embedded one): its cluster id says so."""
+    conf = settings.librdkafka()
+    return _cluster_id(str(conf.get("bootstrap.servers")),
+                       tuple(sorted((k, str(v)) for k, v in conf.items()))).startswith("tansu")
+
+
+def fetch_wait_ms(settings: KafkaSettings) -> int | None:
+    """The fetch wait consumers should use: ``KAFKA_FETCH_WAIT_MAX_MS``, else 10 ms on Tansu, else None.
+
+    A Tansu fetch that found no data is not woken when data arrives: it returns after the full
+    wait (measured: 500 ms wait -> ~115 ms median delivery at 7 msg/s, 10 ms -> ~4 ms), so on
+    the embedded broker every hop of the pipeline added up to the client's wait (Faust 1.5 s,
+    librdkafka 0.5 s) to end-to-end latency. Real Kafka answers as soon as data is there.
+    """
+    if settings.fetch_wait_max_ms is not None:
+        return settings.fetch_wait_max_ms
+    return 10 if is_embedded_broker(settings) else None

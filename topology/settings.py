@@ -42,6 +42,11 @@ class KafkaSettings(BaseSettings):
     ssl_key_password: str | None = None
     ssl_check_hostname: bool = True
     session_timeout_ms: int = Field(default=6000, ge=1000)
+    fetch_wait_max_ms: int | None = Field(
+        default=None, ge=1, le=60000,
+        description="how long a consumer's fetch may wait for data; unset: the client's default, or 10 ms on "
+                    "the embedded broker (topology.broker.fetch_wait_ms)",
+    )
     client_id: str = "clinstream"
 
     @model_validator(mode="after")

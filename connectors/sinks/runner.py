@@ -38,6 +38,7 @@ from connectors.sinks.registry import create_sink
 from schemas import metrics
 from schemas.envelope import EnvelopeError, decode_event
 from schemas.headers import as_dict, dlq_headers
+from topology.broker import fetch_wait_ms
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.model import Topology, load_topology
 from topology.settings import KafkaSettings
@@ -133,6 +134,7 @@ class SinkRunner:
             # librdkafka prefetches up to 64 MB by default; a sink writes batches of a few MB, and
             # a sink per destination should not each hold that much (bench pipeline RSS)
             "queued.max.messages.kbytes": 16384,
+            **({"fetch.wait.max.ms": wait} if (wait := fetch_wait_ms(self.settings)) is not None else {}),
             **self.consumer_config,
         })
         return Consumer(conf)
@@ -164,7 +166,7 @@ class SinkRunner:
         self.running = True
         try:
             while not stop.is_set():
-                msgs = self._consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+                msgs = self._next_batch()
                 if msgs:
                     self._handle(msgs, stop)
         finally:
@@ -172,6 +174,21 @@ class SinkRunner:
             self._shutdown()
         log.info("sink %s stopped: %s", self.sink.destination, self.stats.summary())
         return self.stats
+
+    def _next_batch(self) -> list[Message]:
+        """What is prefetched now (up to batch_size); if nothing, wait up to poll_timeout_s for the first.
+
+        ``consume(n, timeout)`` returns early only once n records are there, so at a low rate every
+        batch waited the whole timeout (half a second of end-to-end latency); under load the
+        prefetch queue is full and batches stay large.
+        """
+        consume = self._consumer.consume
+        msgs = consume(num_messages=self.batch_size, timeout=0)
+        if not msgs:
+            msgs = consume(num_messages=1, timeout=self.poll_timeout_s)
+            if msgs:
+                msgs += consume(num_messages=self.batch_size - 1, timeout=0)
+        return msgs
 
     def _shutdown(self) -> None:
         if self._consumer is not None:
