@@ -42,11 +42,8 @@ def _uuid5_from(state: Any, tail: str) -> str:
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
-# Per-source SHA-1 prefix states, and ids of source-wide (unscoped) resources: Practitioner,
-# Organization, Location, Patient... recur across a source's messages.  Both bounded.
+# Per-source SHA-1 prefix states (keyed by the configured source name, not by message content; bounded).
 _SOURCE_STATES: dict[str, Any] = {}
-_UNSCOPED_IDS: dict[tuple[str, str], str] = {}
-_UNSCOPED_IDS_MAX = 16384
 
 
 # Resources that are "what the message is about" (MessageHeader.focus).
@@ -93,15 +90,7 @@ class Ctx:
         if scoped:
             rid = _uuid5_from(self._scoped_state, f"{rtype}|{key}")  # == make_id(f"{msg_key}|{rtype}|{key}")
         else:
-            ckey = (self.source, f"{rtype}|{key}")
-            hit = _UNSCOPED_IDS.get(ckey)
-            if hit is None:
-                rid = _uuid5_from(self._source_state, ckey[1])
-                if len(_UNSCOPED_IDS) >= _UNSCOPED_IDS_MAX:
-                    _UNSCOPED_IDS.clear()
-                _UNSCOPED_IDS[ckey] = rid
-            else:
-                rid = hit
+            rid = _uuid5_from(self._source_state, f"{rtype}|{key}")
         ref = f"urn:uuid:{rid}"
         if ref not in self.resources:
             resource["id"] = rid

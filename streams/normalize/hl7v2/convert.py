@@ -101,20 +101,7 @@ def _safe(fn: Any, seg: Segment, field: int) -> Any:
         raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=field) from None
 
 
-_ENDPOINTS: dict[tuple[str | None, str, str], str] = {}
-
-
 def _endpoint(hd_system: str | None, name: str, kind: str) -> str:
-    key = (hd_system, name, kind)
-    hit = _ENDPOINTS.get(key)  # sending/receiving applications recur: bounded cache
-    if hit is None:
-        hit = _endpoint_uncached(hd_system, name, kind)
-        if len(_ENDPOINTS) < 1024:
-            _ENDPOINTS[key] = hit
-    return hit
-
-
-def _endpoint_uncached(hd_system: str | None, name: str, kind: str) -> str:
     if hd_system and not hd_system.startswith(dt.LOCAL_SYSTEM_BASE):
         return hd_system
     return f"urn:clinstream:v2:{kind}:{quote(name or 'unknown', safe='')}"

@@ -205,25 +205,12 @@ def hd_system(hd: Rep) -> str | None:
     return _hd_system(v[0], v[1], v[2])
 
 
-# Assigning authorities repeat across messages of a source: cache raw HD → system (bounded).
-_HD_CACHE: dict[tuple[str, Any, str | None], str | None] = {}
-
-
 def _hd_system_raw(raw: str, rep: Rep) -> str | None:
     """``hd_system(rep.part(i))`` given the raw component ``raw`` of ``rep``."""
     if not raw:
         return None
-    enc = rep.enc
-    key = (raw, enc, rep.subsep)
-    try:
-        return _HD_CACHE[key]
-    except KeyError:
-        pass
-    v = Rep(raw, enc, rep.subsep, None).vals()
-    system = _hd_system(v[0], v[1], v[2])
-    if len(_HD_CACHE) < 4096:
-        _HD_CACHE[key] = system
-    return system
+    v = Rep(raw, rep.enc, rep.subsep, None).vals()
+    return _hd_system(v[0], v[1], v[2])
 
 
 def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
@@ -240,16 +227,8 @@ def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
     return None
 
 
-_LOCAL_SYSTEMS: dict[str, str] = {}
-
-
 def local_system(namespace: str) -> str:
-    hit = _LOCAL_SYSTEMS.get(namespace)
-    if hit is None:
-        hit = LOCAL_SYSTEM_BASE + quote(namespace.strip(), safe="")
-        if len(_LOCAL_SYSTEMS) < 4096:
-            _LOCAL_SYSTEMS[namespace] = hit
-    return hit
+    return LOCAL_SYSTEM_BASE + quote(namespace.strip(), safe="")
 
 
 def _coding(code: str, display: str, system_name: str, oid: str = "") -> dict[str, Any] | None:
