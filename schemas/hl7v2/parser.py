@@ -242,22 +242,35 @@ class Rep:
     ``get(comp, sub)`` returns the decoded leaf value, ``""`` when absent.
     """
 
-    __slots__ = ("_parts", "_vals", "enc", "raw", "sep", "subsep")
+    __slots__ = ("_nparts", "_parts", "_vals", "enc", "raw", "sep", "subsep")
 
     def __init__(self, raw: str, enc: Encoding, sep: str | None, subsep: str | None) -> None:
         self.raw = raw
         self.enc = enc
         self.sep = sep
         self.subsep = subsep
+        # Raw components; when they need no decoding, vals() pads this very list with "" and
+        # shares it, so only the first _nparts entries are real components.
         self._parts: list[str] | None = None
+        self._nparts = 0
         self._vals: list[str] | None = None
+
+    def _split(self) -> list[str]:
+        parts = self._parts = self.raw.split(self.sep) if self.sep else [self.raw]
+        self._nparts = len(parts)
+        return parts
 
     def components(self) -> list[str]:
         """Raw (still escaped) components."""
         parts = self._parts
         if parts is None:
-            parts = self._parts = self.raw.split(self.sep) if self.sep else [self.raw]
-        return parts
+            return self._split()
+        return parts if len(parts) == self._nparts else parts[:self._nparts]
+
+    def raw_comp(self, comp: int) -> str:
+        """Raw (still escaped) component ``comp`` (1-based), ``""`` when absent."""
+        parts = self._parts if self._parts is not None else self._split()
+        return parts[comp - 1] if 0 < comp <= len(parts) else ""
 
     def vals(self) -> list[str]:
         """Decoded first subcomponent of every component, padded with ``""`` to at least 20 entries.
@@ -268,18 +281,16 @@ class Rep:
         v = self._vals
         if v is None:
             raw = self.raw
-            parts = self._parts
-            if parts is None:
-                sep = self.sep
-                parts = self._parts = raw.split(sep) if sep else [raw]
+            parts = self._parts if self._parts is not None else self._split()
             esc = self.enc.esc
             ss = self.subsep
             if esc not in raw:
                 if ss is None or ss not in raw:
                     n = len(parts)
-                    v = parts + _PADS[n] if n < 20 else parts[:]
-                    self._vals = v
-                    return v
+                    if n < 20:
+                        parts += _PADS[n]  # the raw components are the values: share the list
+                    self._vals = parts
+                    return parts
                 sep = self.sep
                 if sep:
                     v = _sub_tails(ss, sep).sub("", raw).split(sep)
@@ -305,10 +316,7 @@ class Rep:
             return v[comp - 1] if 0 < comp <= len(v) else ""
         if comp < 1 or sub < 1:
             return ""
-        parts = self._parts if self._parts is not None else self.components()
-        if comp > len(parts):
-            return ""
-        value = parts[comp - 1]
+        value = self.raw_comp(comp)
         if self.subsep is not None and self.subsep in value:
             subs = value.split(self.subsep)
             if sub > len(subs):
@@ -320,9 +328,7 @@ class Rep:
 
     def part(self, comp: int) -> Rep:
         """Component ``comp`` as a composite whose parts are its subcomponents."""
-        parts = self._parts if self._parts is not None else self.components()
-        raw = parts[comp - 1] if 0 < comp <= len(parts) else ""
-        return Rep(raw, self.enc, self.subsep, None)
+        return Rep(self.raw_comp(comp), self.enc, self.subsep, None)
 
     @property
     def text(self) -> str:
@@ -420,31 +426,39 @@ class Segment:
         enc = self.enc
         if n <= 2 and self.id == "MSH":
             return raw if rep == 0 and comp == 1 and sub == 1 else ""
-        if enc.rep in raw:
-            reps = raw.split(enc.rep)
-            if not 0 <= rep < len(reps):
-                return ""
-            raw = reps[rep]
-        elif rep != 0:
+        # Only the wanted piece is sliced out at each level (no split of the whole field).
+        piece = _nth(raw, enc.rep, rep)
+        if piece is None:
             return ""
-        if enc.comp in raw:
-            comps = raw.split(enc.comp)
-            if not 0 < comp <= len(comps):
-                return ""
-            raw = comps[comp - 1]
-        elif comp != 1:
+        piece = _nth(piece, enc.comp, comp - 1)
+        if piece is None:
             return ""
-        if enc.sub in raw:
-            subs = raw.split(enc.sub)
-            if not 0 < sub <= len(subs):
-                return ""
-            raw = subs[sub - 1]
-        elif sub != 1:
+        piece = _nth(piece, enc.sub, sub - 1)
+        if piece is None:
             return ""
+        raw = piece
         return unescape(raw, enc) if enc.esc in raw else raw
 
     def __repr__(self) -> str:
         return f"Segment({self.id!r}, index={self.index})"
+
+
+def _nth(raw: str, sep: str, k: int) -> str | None:
+    """``raw.split(sep)[k]``, None when there is no piece k (k < 0 included), without the split."""
+    if k <= 0:
+        if k < 0:
+            return None
+        end = raw.find(sep)
+        return raw if end < 0 else raw[:end]
+    start = 0
+    while k > 0:
+        start = raw.find(sep, start)
+        if start < 0:
+            return None
+        start += 1
+        k -= 1
+    end = raw.find(sep, start)
+    return raw[start:] if end < 0 else raw[start:end]
 
 
 class Message:

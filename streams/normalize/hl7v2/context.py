@@ -111,8 +111,7 @@ class Ctx:
         ident = v[0]
         if ident:
             pid: dict[str, Any] = {"value": ident}
-            parts = rep.components()
-            system = dt._hd_system_raw(parts[8], rep) if len(parts) > 8 else None
+            system = dt._hd_system_raw(rep.raw_comp(9), rep)
             if system:
                 pid["system"] = system
             type_code = v[12]

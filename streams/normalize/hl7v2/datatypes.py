@@ -337,7 +337,7 @@ def address(rep: Rep) -> dict[str, Any] | None:
     v = rep.vals()  # v[i] == rep.get(i + 1)
     # SAD.1 street, SAD.2 street name, SAD.3 dwelling number, XAD.2 other designation,
     # XAD.19 addressee-style extra line: each a line, in that order.
-    if rep.subsep is not None and rep.subsep in rep.components()[0]:
+    if rep.subsep is not None and rep.subsep in rep.raw_comp(1):
         sad = rep.part(1)
         lines = [line for line in (v[0], sad.get(2), sad.get(3), v[1], v[18]) if line]
     else:
@@ -400,8 +400,7 @@ def identifier(rep: Rep) -> dict[str, Any] | None:
     if not value:
         return None
     out: dict[str, Any] = {"value": value}
-    parts = rep.components()
-    system = _hd_system_raw(parts[3], rep) if len(parts) > 3 else None
+    system = _hd_system_raw(rep.raw_comp(4), rep)
     if system is None and v[8]:
         system = hd_system(rep.part(9))  # CX.9 assigning jurisdiction
     if system is None and v[9]:
