@@ -77,7 +77,7 @@ def convert_message(
     entries += [{"fullUrl": ref, "resource": ctx.resources[ref]} for ref in ctx.order if ref != header]
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "id": ctx.make_id(f"{ctx.msg_key}|Bundle"),
+        "id": ctx.scoped_id("Bundle"),  # no resource key lacks a "|"
         "type": "message",
         "entry": entries,
     }
