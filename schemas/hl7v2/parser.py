@@ -357,7 +357,7 @@ class Segment:
         self.enc = enc
         self.index = index  # 1-based position in the message
         self._fields: list[str] | None = None
-        self._reps: dict[int, list[Rep]] = {}
+        self._reps: dict[int, list[Rep]] | None = None  # built on the first repetitions() call
 
     def fields(self) -> list[str]:
         """Raw fields with HL7 numbering: ``fields()[n]`` is field n (``[0]`` is the id)."""
@@ -382,9 +382,12 @@ class Segment:
     def repetitions(self, n: int) -> list[Rep]:
         """The repetitions of field n (cached: the same list on every call, don't mutate it)."""
         cache = self._reps
-        reps = cache.get(n)
-        if reps is not None:
-            return reps
+        if cache is None:
+            cache = self._reps = {}
+        else:
+            reps = cache.get(n)
+            if reps is not None:
+                return reps
         f = self._fields if self._fields is not None else self.fields()
         raw = f[n] if 0 <= n < len(f) else ""
         if not raw:
@@ -403,7 +406,8 @@ class Segment:
 
     def rep(self, n: int, i: int = 0) -> Rep:
         """Repetition ``i`` of field n; an empty Rep when absent (never raises)."""
-        reps = self._reps.get(n)
+        cache = self._reps
+        reps = cache.get(n) if cache is not None else None
         if reps is None:
             reps = self.repetitions(n)
         if 0 <= i < len(reps):

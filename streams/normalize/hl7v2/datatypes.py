@@ -209,7 +209,10 @@ def _hd_system_raw(raw: str, rep: Rep) -> str | None:
     """``hd_system(rep.part(i))`` given the raw component ``raw`` of ``rep``."""
     if not raw:
         return None
-    v = Rep(raw, rep.enc, rep.subsep, None).vals()
+    ss = rep.subsep
+    if (ss is None or ss not in raw) and rep.enc.esc not in raw:
+        return _hd_system(raw, "", "")  # namespace only (the usual "HOSP"): no composite to build
+    v = Rep(raw, rep.enc, ss, None).vals()
     return _hd_system(v[0], v[1], v[2])
 
 
@@ -228,7 +231,10 @@ def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
 
 
 def local_system(namespace: str) -> str:
-    return LOCAL_SYSTEM_BASE + quote(namespace.strip(), safe="")
+    ns = namespace.strip()
+    if ns.isalnum() and ns.isascii():
+        return LOCAL_SYSTEM_BASE + ns  # what quote() returns for ASCII letters and digits
+    return LOCAL_SYSTEM_BASE + quote(ns, safe="")
 
 
 def _coding(code: str, display: str, system_name: str, oid: str = "") -> dict[str, Any] | None:
