@@ -430,39 +430,45 @@ class Segment:
         enc = self.enc
         if n <= 2 and self.id == "MSH":
             return raw if rep == 0 and comp == 1 and sub == 1 else ""
-        # Only the wanted piece is sliced out at each level (no split of the whole field).
-        piece = _nth(raw, enc.rep, rep)
-        if piece is None:
-            return ""
-        piece = _nth(piece, enc.comp, comp - 1)
-        if piece is None:
-            return ""
-        piece = _nth(piece, enc.sub, sub - 1)
-        if piece is None:
-            return ""
-        raw = piece
+        # Only the wanted piece is cut out at each level: the first piece with find + slice, a later
+        # one with a split that stops after it (not a split of the whole field).
+        if rep == 0:
+            end = raw.find(enc.rep)
+            if end >= 0:
+                raw = raw[:end]
+        else:
+            if rep < 0:
+                return ""
+            pieces = raw.split(enc.rep, rep + 1)
+            if rep >= len(pieces):
+                return ""
+            raw = pieces[rep]
+        if comp == 1:
+            end = raw.find(enc.comp)
+            if end >= 0:
+                raw = raw[:end]
+        else:
+            if comp < 1:
+                return ""
+            pieces = raw.split(enc.comp, comp)
+            if comp > len(pieces):
+                return ""
+            raw = pieces[comp - 1]
+        if sub == 1:
+            end = raw.find(enc.sub)
+            if end >= 0:
+                raw = raw[:end]
+        else:
+            if sub < 1:
+                return ""
+            pieces = raw.split(enc.sub, sub)
+            if sub > len(pieces):
+                return ""
+            raw = pieces[sub - 1]
         return unescape(raw, enc) if enc.esc in raw else raw
 
     def __repr__(self) -> str:
         return f"Segment({self.id!r}, index={self.index})"
-
-
-def _nth(raw: str, sep: str, k: int) -> str | None:
-    """``raw.split(sep)[k]``, None when there is no piece k (k < 0 included), without the split."""
-    if k <= 0:
-        if k < 0:
-            return None
-        end = raw.find(sep)
-        return raw if end < 0 else raw[:end]
-    start = 0
-    while k > 0:
-        start = raw.find(sep, start)
-        if start < 0:
-            return None
-        start += 1
-        k -= 1
-    end = raw.find(sep, start)
-    return raw[start:] if end < 0 else raw[start:end]
 
 
 class Message:
