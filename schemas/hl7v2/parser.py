@@ -225,17 +225,6 @@ def escape(value: str, enc: Encoding) -> str:
 
 
 _PADS = [[""] * (20 - i) for i in range(20)]  # _PADS[n]: what pads an n-item list to 20
-_SUB_TAILS: dict[tuple[str, str], re.Pattern[str]] = {}
-
-
-def _sub_tails(sub: str, sep: str) -> re.Pattern[str]:
-    """Matches the 2nd..nth subcomponents of a component: deleting them leaves each first subcomponent."""
-    pat = _SUB_TAILS.get((sub, sep))
-    if pat is None:
-        pat = _SUB_TAILS[(sub, sep)] = re.compile(f"{re.escape(sub)}[^{re.escape(sep)}]*")
-    return pat
-
-
 class Rep:
     """One repetition of a field (or, via :meth:`part`, one component seen as a composite).
 
@@ -291,11 +280,10 @@ class Rep:
                         parts += _PADS[n]  # the raw components are the values: share the list
                     self._vals = parts
                     return parts
-                sep = self.sep
-                if sep:
-                    v = _sub_tails(ss, sep).sub("", raw).split(sep)
-                else:
-                    v = [p.partition(ss)[0] for p in parts]
+                v = []
+                for p in parts:
+                    cut = p.find(ss)
+                    v.append(p if cut < 0 else p[:cut])
             else:
                 enc = self.enc
                 v = []
