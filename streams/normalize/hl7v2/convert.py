@@ -10,7 +10,6 @@ bundle is self-contained; a sink that wants a transaction can rewrite
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from schemas.hl7v2.errors import Hl7ParseError
 from schemas.hl7v2.parser import Message, Segment, parse_message
@@ -104,7 +103,7 @@ def _safe(fn: Any, seg: Segment, field: int) -> Any:
 def _endpoint(hd_system: str | None, name: str, kind: str) -> str:
     if hd_system and not hd_system.startswith(dt.LOCAL_SYSTEM_BASE):
         return hd_system
-    return f"urn:clinstream:v2:{kind}:{quote(name or 'unknown', safe='')}"
+    return f"urn:clinstream:v2:{kind}:{dt.quote_part(name or 'unknown')}"
 
 
 def _message_header(ctx: Ctx, msh: Segment, mapper: Mapper) -> str:

@@ -230,11 +230,16 @@ def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
     return None
 
 
+_UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+
+
+def quote_part(text: str) -> str:
+    """``urllib.parse.quote(text, safe="")``, without the call when every character is unreserved."""
+    return text if not text.rstrip(_UNRESERVED) else quote(text, safe="")
+
+
 def local_system(namespace: str) -> str:
-    ns = namespace.strip()
-    if ns.isalnum() and ns.isascii():
-        return LOCAL_SYSTEM_BASE + ns  # what quote() returns for ASCII letters and digits
-    return LOCAL_SYSTEM_BASE + quote(ns, safe="")
+    return LOCAL_SYSTEM_BASE + quote_part(namespace.strip())
 
 
 def _coding(code: str, display: str, system_name: str, oid: str = "") -> dict[str, Any] | None:

@@ -152,7 +152,13 @@ class Mapper:
         return _collect(dt.codeable, seg.repetitions(n))
 
     def practitioners(self, seg: Segment, n: int) -> list[str]:
-        return _collect(self.ctx.practitioner, seg.repetitions(n))
+        out: list[str] = []
+        ctx = self.ctx
+        for r in seg.repetitions(n):  # a direct (compiled: native) call, no bound method per call
+            ref = ctx.practitioner(r)
+            if ref:
+                out.append(ref)
+        return out
 
     def subject(self) -> dict[str, str] | None:
         return {"reference": self.ctx.patient} if self.ctx.patient else None
