@@ -225,39 +225,41 @@ def escape(value: str, enc: Encoding) -> str:
 
 
 _PADS = [[""] * (20 - i) for i in range(20)]  # _PADS[n]: what pads an n-item list to 20
-_SUB_TAILS: dict[tuple[str, str], re.Pattern[str]] = {}
-
-
-def _sub_tails(sub: str, sep: str) -> re.Pattern[str]:
-    """Matches the 2nd..nth subcomponents of a component: deleting them leaves each first subcomponent."""
-    pat = _SUB_TAILS.get((sub, sep))
-    if pat is None:
-        pat = _SUB_TAILS[(sub, sep)] = re.compile(f"{re.escape(sub)}[^{re.escape(sep)}]*")
-    return pat
-
-
 class Rep:
     """One repetition of a field (or, via :meth:`part`, one component seen as a composite).
 
     ``get(comp, sub)`` returns the decoded leaf value, ``""`` when absent.
     """
 
-    __slots__ = ("_parts", "_vals", "enc", "raw", "sep", "subsep")
+    __slots__ = ("_nparts", "_parts", "_vals", "enc", "raw", "sep", "subsep")
 
     def __init__(self, raw: str, enc: Encoding, sep: str | None, subsep: str | None) -> None:
         self.raw = raw
         self.enc = enc
         self.sep = sep
         self.subsep = subsep
+        # Raw components; when they need no decoding, vals() pads this very list with "" and
+        # shares it, so only the first _nparts entries are real components.
         self._parts: list[str] | None = None
+        self._nparts = 0
         self._vals: list[str] | None = None
+
+    def _split(self) -> list[str]:
+        parts = self._parts = self.raw.split(self.sep) if self.sep else [self.raw]
+        self._nparts = len(parts)
+        return parts
 
     def components(self) -> list[str]:
         """Raw (still escaped) components."""
         parts = self._parts
         if parts is None:
-            parts = self._parts = self.raw.split(self.sep) if self.sep else [self.raw]
-        return parts
+            return self._split()
+        return parts if len(parts) == self._nparts else parts[:self._nparts]
+
+    def raw_comp(self, comp: int) -> str:
+        """Raw (still escaped) component ``comp`` (1-based), ``""`` when absent."""
+        parts = self._parts if self._parts is not None else self._split()
+        return parts[comp - 1] if 0 < comp <= len(parts) else ""
 
     def vals(self) -> list[str]:
         """Decoded first subcomponent of every component, padded with ``""`` to at least 20 entries.
@@ -269,22 +271,22 @@ class Rep:
         if v is None:
             raw = self.raw
             parts = self._parts
-            if parts is None:
+            if parts is None:  # self._split(), inlined
                 sep = self.sep
                 parts = self._parts = raw.split(sep) if sep else [raw]
+                self._nparts = len(parts)
             esc = self.enc.esc
             ss = self.subsep
             if esc not in raw:
                 if ss is None or ss not in raw:
                     n = len(parts)
-                    v = parts + _PADS[n] if n < 20 else parts[:]
-                    self._vals = v
-                    return v
-                sep = self.sep
-                if sep:
-                    v = _sub_tails(ss, sep).sub("", raw).split(sep)
-                else:
-                    v = [p.partition(ss)[0] for p in parts]
+                    if n < 20:
+                        parts += _PADS[n]  # the raw components are the values: share the list
+                    self._vals = parts
+                    return parts
+                v = []
+                for p in parts:
+                    v.append(p[:p.find(ss)] if ss in p else p)
             else:
                 enc = self.enc
                 v = []
@@ -305,10 +307,7 @@ class Rep:
             return v[comp - 1] if 0 < comp <= len(v) else ""
         if comp < 1 or sub < 1:
             return ""
-        parts = self._parts if self._parts is not None else self.components()
-        if comp > len(parts):
-            return ""
-        value = parts[comp - 1]
+        value = self.raw_comp(comp)
         if self.subsep is not None and self.subsep in value:
             subs = value.split(self.subsep)
             if sub > len(subs):
@@ -320,9 +319,7 @@ class Rep:
 
     def part(self, comp: int) -> Rep:
         """Component ``comp`` as a composite whose parts are its subcomponents."""
-        parts = self._parts if self._parts is not None else self.components()
-        raw = parts[comp - 1] if 0 < comp <= len(parts) else ""
-        return Rep(raw, self.enc, self.subsep, None)
+        return Rep(self.raw_comp(comp), self.enc, self.subsep, None)
 
     @property
     def text(self) -> str:
@@ -351,7 +348,7 @@ class Segment:
         self.enc = enc
         self.index = index  # 1-based position in the message
         self._fields: list[str] | None = None
-        self._reps: dict[int, list[Rep]] = {}
+        self._reps: dict[int, list[Rep]] | None = None  # built on the first repetitions() call
 
     def fields(self) -> list[str]:
         """Raw fields with HL7 numbering: ``fields()[n]`` is field n (``[0]`` is the id)."""
@@ -376,9 +373,12 @@ class Segment:
     def repetitions(self, n: int) -> list[Rep]:
         """The repetitions of field n (cached: the same list on every call, don't mutate it)."""
         cache = self._reps
-        reps = cache.get(n)
-        if reps is not None:
-            return reps
+        if cache is None:
+            cache = self._reps = {}
+        else:
+            reps = cache.get(n)
+            if reps is not None:
+                return reps
         f = self._fields if self._fields is not None else self.fields()
         raw = f[n] if 0 <= n < len(f) else ""
         if not raw:
@@ -397,7 +397,8 @@ class Segment:
 
     def rep(self, n: int, i: int = 0) -> Rep:
         """Repetition ``i`` of field n; an empty Rep when absent (never raises)."""
-        reps = self._reps.get(n)
+        cache = self._reps
+        reps = cache.get(n) if cache is not None else None
         if reps is None:
             reps = self.repetitions(n)
         if 0 <= i < len(reps):
@@ -420,27 +421,38 @@ class Segment:
         enc = self.enc
         if n <= 2 and self.id == "MSH":
             return raw if rep == 0 and comp == 1 and sub == 1 else ""
-        if enc.rep in raw:
-            reps = raw.split(enc.rep)
-            if not 0 <= rep < len(reps):
+        # Only the wanted piece is cut out at each level: the first piece with find + slice, a later
+        # one with a split that stops after it (not a split of the whole field).
+        if rep == 0:
+            if enc.rep in raw:  # `in` first: an operator, cheaper than a method call when not compiled
+                raw = raw[:raw.find(enc.rep)]
+        else:
+            if rep < 0:
                 return ""
-            raw = reps[rep]
-        elif rep != 0:
-            return ""
-        if enc.comp in raw:
-            comps = raw.split(enc.comp)
-            if not 0 < comp <= len(comps):
+            pieces = raw.split(enc.rep, rep + 1)
+            if rep >= len(pieces):
                 return ""
-            raw = comps[comp - 1]
-        elif comp != 1:
-            return ""
-        if enc.sub in raw:
-            subs = raw.split(enc.sub)
-            if not 0 < sub <= len(subs):
+            raw = pieces[rep]
+        if comp == 1:
+            if enc.comp in raw:  # `in` first: an operator, cheaper than a method call when not compiled
+                raw = raw[:raw.find(enc.comp)]
+        else:
+            if comp < 1:
                 return ""
-            raw = subs[sub - 1]
-        elif sub != 1:
-            return ""
+            pieces = raw.split(enc.comp, comp)
+            if comp > len(pieces):
+                return ""
+            raw = pieces[comp - 1]
+        if sub == 1:
+            if enc.sub in raw:  # `in` first: an operator, cheaper than a method call when not compiled
+                raw = raw[:raw.find(enc.sub)]
+        else:
+            if sub < 1:
+                return ""
+            pieces = raw.split(enc.sub, sub)
+            if sub > len(pieces):
+                return ""
+            raw = pieces[sub - 1]
         return unescape(raw, enc) if enc.esc in raw else raw
 
     def __repr__(self) -> str:

@@ -16,14 +16,16 @@ _NS_BYTES = NAMESPACE.bytes
 
 
 _NS_SHA1 = hashlib.sha1(_NS_BYTES, usedforsecurity=False)
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_VARIANT: dict[str, str] = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+# The counter part of message-scoped ids, formatted once (a constant table, not a cache of anything).
+_COUNTERS: list[str] = [f"{i:08x}" for i in range(256)]
 
 
 def uuid5_str(name: str) -> str:
     """``str(uuid.uuid5(NAMESPACE, name))`` without the UUID object (hot path: ~25 ids/message)."""
     h = _NS_SHA1.copy()
     h.update(name.encode("utf-8", "surrogatepass"))
-    x = h.hexdigest()
+    x: str = h.hexdigest()
     # version nibble → 5, variant bits → 10xx
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
@@ -38,15 +40,12 @@ def _sha1_prefix(prefix: str) -> Any:
 def _uuid5_from(state: Any, tail: str) -> str:
     h = state.copy()
     h.update(tail.encode("utf-8", "surrogatepass"))
-    x = h.hexdigest()
+    x: str = h.hexdigest()  # typed: the slices below compile to native string slicing
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
-# Per-source SHA-1 prefix states, and ids of source-wide (unscoped) resources: Practitioner,
-# Organization, Location, Patient... recur across a source's messages.  Both bounded.
+# Per-source SHA-1 prefix states (keyed by the configured source name, not by message content; bounded).
 _SOURCE_STATES: dict[str, Any] = {}
-_UNSCOPED_IDS: dict[tuple[str, str], str] = {}
-_UNSCOPED_IDS_MAX = 16384
 
 
 # Resources that are "what the message is about" (MessageHeader.focus).
@@ -56,19 +55,23 @@ SUPPORTING = frozenset({"Practitioner", "Organization", "Location", "Provenance"
 class Ctx:
     """Collects resources for one message.
 
-    Ids are uuid5 over ``source | <scope key>``: resources that identify a real
-    world thing (Patient by its first identifier, Encounter by visit number,
-    Practitioner/Organization/Location by their content) are stable across
-    messages of that source, so a later A08 updates the same Patient id; the rest
-    are scoped to the message (control id + content digest) and segment position.
+    Resources that identify a real world thing (Patient by its first identifier,
+    Encounter by visit number, Practitioner/Organization/Location by their
+    content) get ``uuid5(NAMESPACE, f"{source}|{type}|{key}")``, stable across
+    messages of that source, so a later A08 updates the same Patient id.
+
+    The rest (and the Bundle) are scoped to the message: one SHA-1 per message
+    over ``NAMESPACE + source | control id | message text`` gives 88 bits, and the
+    last 32 bits number the message's distinct scoped keys in the order they are
+    first registered (so the same bytes + source always give the same ids, and
+    re-registering a key gives the same id).  These are RFC 9562 version-8
+    (custom) UUIDs: ``xxxxxxxx-xxxx-8xxx-Vxxx-xxxxNNNNNNNN``.
     """
 
     def __init__(self, msg: Message, source: str, default_tz: str) -> None:
         self.msg = msg
         self.source = source
         self.default_tz = default_tz
-        digest = hashlib.blake2b("\r".join(msg._lines).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        self.msg_key = f"{msg.control_id}|{digest}"
         self.resources: dict[str, dict[str, Any]] = {}
         self.order: list[str] = []
         self.patient: str | None = None
@@ -80,28 +83,35 @@ class Ctx:
             if len(_SOURCE_STATES) < 256:
                 _SOURCE_STATES[source] = state
         self._source_state = state
-        self._scoped_state = _sha1_prefix(f"{source}|{self.msg_key}|")
+        h = state.copy()
+        h.update(f"{msg.control_id}|".encode("utf-8", "surrogatepass"))
+        h.update("\r".join(msg._lines).encode("utf-8", "surrogatepass"))
+        x: str = h.hexdigest()
+        # version nibble → 8 (custom), variant bits → 10xx; the 8 hex digits after it are the counter.
+        self._id_prefix = f"{x[:8]}-{x[8:12]}-8{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:24]}"
+        self._scoped_ids: dict[str, str] = {}
 
     # -- ids and registration -------------------------------------------------
     def make_id(self, key: str) -> str:
         """``uuid5(NAMESPACE, f"{source}|{key}")`` as a string."""
         return _uuid5_from(self._source_state, key)
 
+    def scoped_id(self, key: str) -> str:
+        """The id of ``key`` within this message (see the class docstring)."""
+        ids = self._scoped_ids
+        rid = ids.get(key)
+        if rid is None:
+            n = len(ids)
+            rid = ids[key] = self._id_prefix + (_COUNTERS[n] if n < 256 else f"{n:08x}")
+        return rid
+
     def add(self, resource: dict[str, Any], key: str, *, scoped: bool = True) -> str:
         """Register ``resource`` (first one with a given id wins) and return its reference."""
         rtype = resource["resourceType"]
         if scoped:
-            rid = _uuid5_from(self._scoped_state, f"{rtype}|{key}")  # == make_id(f"{msg_key}|{rtype}|{key}")
+            rid = self.scoped_id(f"{rtype}|{key}")
         else:
-            ckey = (self.source, f"{rtype}|{key}")
-            hit = _UNSCOPED_IDS.get(ckey)
-            if hit is None:
-                rid = _uuid5_from(self._source_state, ckey[1])
-                if len(_UNSCOPED_IDS) >= _UNSCOPED_IDS_MAX:
-                    _UNSCOPED_IDS.clear()
-                _UNSCOPED_IDS[ckey] = rid
-            else:
-                rid = hit
+            rid = _uuid5_from(self._source_state, f"{rtype}|{key}")
         ref = f"urn:uuid:{rid}"
         if ref not in self.resources:
             resource["id"] = rid
@@ -122,8 +132,7 @@ class Ctx:
         ident = v[0]
         if ident:
             pid: dict[str, Any] = {"value": ident}
-            parts = rep.components()
-            system = dt._hd_system_raw(parts[8], rep) if len(parts) > 8 else None
+            system = dt._hd_system_raw(rep.raw_comp(9), rep)
             if system:
                 pid["system"] = system
             type_code = v[12]

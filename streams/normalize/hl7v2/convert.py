@@ -10,7 +10,6 @@ bundle is self-contained; a sink that wants a transaction can rewrite
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from schemas.hl7v2.errors import Hl7ParseError
 from schemas.hl7v2.parser import Message, Segment, parse_message
@@ -77,7 +76,7 @@ def convert_message(
     entries += [{"fullUrl": ref, "resource": ctx.resources[ref]} for ref in ctx.order if ref != header]
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "id": ctx.make_id(f"{ctx.msg_key}|Bundle"),
+        "id": ctx.scoped_id("Bundle"),  # no resource key lacks a "|"
         "type": "message",
         "entry": entries,
     }
@@ -101,23 +100,10 @@ def _safe(fn: Any, seg: Segment, field: int) -> Any:
         raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=field) from None
 
 
-_ENDPOINTS: dict[tuple[str | None, str, str], str] = {}
-
-
 def _endpoint(hd_system: str | None, name: str, kind: str) -> str:
-    key = (hd_system, name, kind)
-    hit = _ENDPOINTS.get(key)  # sending/receiving applications recur: bounded cache
-    if hit is None:
-        hit = _endpoint_uncached(hd_system, name, kind)
-        if len(_ENDPOINTS) < 1024:
-            _ENDPOINTS[key] = hit
-    return hit
-
-
-def _endpoint_uncached(hd_system: str | None, name: str, kind: str) -> str:
     if hd_system and not hd_system.startswith(dt.LOCAL_SYSTEM_BASE):
         return hd_system
-    return f"urn:clinstream:v2:{kind}:{quote(name or 'unknown', safe='')}"
+    return f"urn:clinstream:v2:{kind}:{dt.quote_part(name or 'unknown')}"
 
 
 def _message_header(ctx: Ctx, msh: Segment, mapper: Mapper) -> str:

@@ -205,25 +205,15 @@ def hd_system(hd: Rep) -> str | None:
     return _hd_system(v[0], v[1], v[2])
 
 
-# Assigning authorities repeat across messages of a source: cache raw HD → system (bounded).
-_HD_CACHE: dict[tuple[str, Any, str | None], str | None] = {}
-
-
 def _hd_system_raw(raw: str, rep: Rep) -> str | None:
     """``hd_system(rep.part(i))`` given the raw component ``raw`` of ``rep``."""
     if not raw:
         return None
-    enc = rep.enc
-    key = (raw, enc, rep.subsep)
-    try:
-        return _HD_CACHE[key]
-    except KeyError:
-        pass
-    v = Rep(raw, enc, rep.subsep, None).vals()
-    system = _hd_system(v[0], v[1], v[2])
-    if len(_HD_CACHE) < 4096:
-        _HD_CACHE[key] = system
-    return system
+    ss = rep.subsep
+    if (ss is None or ss not in raw) and rep.enc.esc not in raw:
+        return _hd_system(raw, "", "")  # namespace only (the usual "HOSP"): no composite to build
+    v = Rep(raw, rep.enc, ss, None).vals()
+    return _hd_system(v[0], v[1], v[2])
 
 
 def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
@@ -240,16 +230,16 @@ def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
     return None
 
 
-_LOCAL_SYSTEMS: dict[str, str] = {}
+_UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+
+
+def quote_part(text: str) -> str:
+    """``urllib.parse.quote(text, safe="")``, without the call when every character is unreserved."""
+    return text if not text.rstrip(_UNRESERVED) else quote(text, safe="")
 
 
 def local_system(namespace: str) -> str:
-    hit = _LOCAL_SYSTEMS.get(namespace)
-    if hit is None:
-        hit = LOCAL_SYSTEM_BASE + quote(namespace.strip(), safe="")
-        if len(_LOCAL_SYSTEMS) < 4096:
-            _LOCAL_SYSTEMS[namespace] = hit
-    return hit
+    return LOCAL_SYSTEM_BASE + quote_part(namespace.strip())
 
 
 def _coding(code: str, display: str, system_name: str, oid: str = "") -> dict[str, Any] | None:
@@ -358,7 +348,7 @@ def address(rep: Rep) -> dict[str, Any] | None:
     v = rep.vals()  # v[i] == rep.get(i + 1)
     # SAD.1 street, SAD.2 street name, SAD.3 dwelling number, XAD.2 other designation,
     # XAD.19 addressee-style extra line: each a line, in that order.
-    if rep.subsep is not None and rep.subsep in rep.components()[0]:
+    if rep.subsep is not None and rep.subsep in rep.raw_comp(1):
         sad = rep.part(1)
         lines = [line for line in (v[0], sad.get(2), sad.get(3), v[1], v[18]) if line]
     else:
@@ -421,8 +411,7 @@ def identifier(rep: Rep) -> dict[str, Any] | None:
     if not value:
         return None
     out: dict[str, Any] = {"value": value}
-    parts = rep.components()
-    system = _hd_system_raw(parts[3], rep) if len(parts) > 3 else None
+    system = _hd_system_raw(rep.raw_comp(4), rep)
     if system is None and v[8]:
         system = hd_system(rep.part(9))  # CX.9 assigning jurisdiction
     if system is None and v[9]:

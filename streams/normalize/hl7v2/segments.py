@@ -56,8 +56,22 @@ def _collect_with(fn: Callable[[Rep, Any], Any], reps: list[Rep], arg: Any) -> l
 
 
 def _drop_empty(d: dict[str, Any]) -> dict[str, Any]:
-    """``d`` without None / "" / [] / {} values (0 and False stay)."""
-    return {k: v for k, v in d.items() if v or (v is not None and v != "" and v != [] and v != {})}
+    """Remove the None / "" / [] / {} values of ``d`` in place (0 and False stay); returns ``d``.
+
+    In place, not a filtered copy: most resources have few or no empty elements
+    (mappers skip most absent values), so usually nothing is deleted.
+    """
+    empty: list[str] | None = None
+    for k, v in d.items():
+        if not v and (v is None or (isinstance(v, (str, list, dict)))):
+            if empty is None:
+                empty = [k]
+            else:
+                empty.append(k)
+    if empty is not None:
+        for k in empty:
+            del d[k]
+    return d
 
 
 class Mapper:
@@ -138,7 +152,13 @@ class Mapper:
         return _collect(dt.codeable, seg.repetitions(n))
 
     def practitioners(self, seg: Segment, n: int) -> list[str]:
-        return _collect(self.ctx.practitioner, seg.repetitions(n))
+        out: list[str] = []
+        ctx = self.ctx
+        for r in seg.repetitions(n):  # a direct (compiled: native) call, no bound method per call
+            ref = ctx.practitioner(r)
+            if ref:
+                out.append(ref)
+        return out
 
     def subject(self) -> dict[str, str] | None:
         return {"reference": self.ctx.patient} if self.ctx.patient else None
@@ -720,30 +740,47 @@ class Mapper:
             self._document_content(seg)
             return
         obs: dict[str, Any] = {"resourceType": "Observation"}
+        # Absent values are skipped here rather than inserted and dropped (_drop_empty still runs
+        # for what _obx_value adds).
         obs["status"] = lookup("0085", seg.get(11)) or "unknown"
         obs["code"] = self.cc(seg, 3) or {"text": seg.get(4) or "unknown"}
-        obs["subject"] = self.subject()
-        obs["encounter"] = self.enc_ref()
+        if ctx.patient:
+            obs["subject"] = {"reference": ctx.patient}
+        if ctx.encounter:
+            obs["encounter"] = {"reference": ctx.encounter}
         effective = self.ts(seg, 14)
         if effective is None and self.order:
             effective = (ctx.get(self.order) or {}).get("occurrenceDateTime")
-        obs["effectiveDateTime"] = effective
-        obs["issued"] = self.inst(seg, 19)
+        if effective:
+            obs["effectiveDateTime"] = effective
+        issued = self.inst(seg, 19)
+        if issued:
+            obs["issued"] = issued
         self._obx_value(seg, obs)
         ref_range = seg.get(7)
         if ref_range:
             obs["referenceRange"] = [{"text": seg.field(7) and seg.rep(7).text}]
-        obs["interpretation"] = _collect(dt.interpretation, seg.repetitions(8))
-        obs["method"] = self.cc(seg, 17)
-        obs["bodySite"] = self.cc(seg, 20)
+        interpretation = _collect(dt.interpretation, seg.repetitions(8))
+        if interpretation:
+            obs["interpretation"] = interpretation
+        method = self.cc(seg, 17)
+        if method:
+            obs["method"] = method
+        body_site = self.cc(seg, 20)
+        if body_site:
+            obs["bodySite"] = body_site
         performers = self.practitioners(seg, 16)
         org = seg.rep(23)
         if org.raw:
             org_ref = ctx.organization_xon(org)
             if org_ref:
                 performers.append(org_ref)
-        obs["performer"] = [{"reference": r} for r in performers]
-        obs["identifier"] = [i for i in (dt.ei_identifier(seg.rep(21)),) if i]
+        if performers:
+            obs["performer"] = [{"reference": r} for r in performers]
+        if seg.field(21):
+            ident = dt.ei_identifier(seg.rep(21))
+            if ident:
+                obs["identifier"] = [ident]
         if self.specimen:
             obs["specimen"] = {"reference": self.specimen}
         if self.order:

@@ -41,25 +41,15 @@ def lookup(name: str, code: str) -> Any:
     return hit
 
 
-_CODING_SYSTEMS: dict[str, str | None] = {}
-
-
 def coding_system(name: str) -> str | None:
     """FHIR system URI for a v2 coding-system name (table 0396, CWE-3), None when local/unknown."""
     if not name:
         return None
-    try:
-        return _CODING_SYSTEMS[name]  # few distinct names in practice: memoized (bounded)
-    except KeyError:
-        pass
-    system = _coding_system(name)
-    if len(_CODING_SYSTEMS) < 4096:
-        _CODING_SYSTEMS[name] = system
-    return system
+    return _coding_system(name)
 
 
 def _coding_system(name: str) -> str | None:
-    hit = table("0396").get(name) or table("0396").get(name.upper())
+    hit = lookup("0396", name)
     if hit:
         return str(hit)
     upper = name.upper()
