@@ -44,7 +44,7 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     fetch_wait_max_ms: int | None = Field(
         default=None, ge=1, le=60000,
-        description="how long a consumer's fetch may wait for data; unset: the client's default, or 10 ms on "
+        description="how long a consumer's fetch may wait for data; unset: the client's default, or 50 ms on "
                     "the embedded broker (topology.broker.fetch_wait_ms)",
     )
     client_id: str = "clinstream"
