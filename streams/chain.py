@@ -137,7 +137,7 @@ def handed_over(out: Output, origin: InRecord) -> InRecord:
         partition=origin.partition,
         offset=origin.offset,
         key=out.key,
-        value=out.value,
+        value=out.value or b"",
         headers=H.as_dict(out.headers),
         timestamp_ms=origin.timestamp_ms,
         event=out.event,
