@@ -59,7 +59,7 @@ class ReplicationError(RuntimeError):
 
 class ReplicatedStore:
     def __init__(self, settings: KafkaSettings, topic: str, path: str | Path, *, partitions: int,
-                 replication_factor: int = 1, cache_entries: int = 500_000) -> None:
+                 replication_factor: int = 1, cache_entries: int = 100_000) -> None:
         self.settings = settings
         self.topic = topic
         self.partitions = partitions
