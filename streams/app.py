@@ -27,7 +27,7 @@ from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from schemas import headers as H
 from streams.chain import Pending, StageChain
 from streams.stage import InRecord
-from streams.tables import ChangelogBuffer, buffered_table_classes
+from streams.tables import ChangelogBuffer, buffered_table_class
 from topology.broker import fetch_wait_ms, is_embedded_broker
 from topology.model import Topology
 from topology.producer import DurableProducer
@@ -52,7 +52,6 @@ def build_app(
     """The Faust app with one agent per stage chain; outputs go through ``producer`` (librdkafka)."""
     producer = producer or DurableProducer(settings, linger_ms=5)
     outputs = InFlightOutputs(producer)
-    table_cls, global_table_cls = buffered_table_classes(outputs.changelog)
     app = faust.App(
         app_id,
         recovery_consistency_check=not _reports_wrong_high_watermarks(settings),
@@ -73,8 +72,7 @@ def build_app(
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
         web_bind="0.0.0.0",  # probes and scrapes come from the pod network
-        Table=table_cls,  # changelogs go out with the stage outputs (streams.tables)
-        GlobalTable=global_table_cls,
+        Table=buffered_table_class(outputs.changelog),  # changelogs go out with the stage outputs
     )
     outputs.gate_commits(app)
     wait = fetch_wait_ms(settings)
@@ -100,23 +98,18 @@ def _reports_wrong_high_watermarks(settings: KafkaSettings) -> bool:
     return False
 
 
-class _FetchWaitConsumerThread(AIOKafkaConsumerThread):
+def _with_fetch_wait(app: faust.App, wait_ms: int) -> None:
     """Faust's aiokafka consumer with the fetch wait from ``fetch_wait_ms`` (Faust fixes it at 1.5 s)."""
 
-    fetch_max_wait_ms: int = 1500
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read when the consumer starts its fetcher
-        return consumer
-
-
-def _with_fetch_wait(app: faust.App, wait_ms: int) -> None:
-    thread_cls = type("FetchWaitConsumerThread", (_FetchWaitConsumerThread,), {"fetch_max_wait_ms": wait_ms})
+    class FetchWaitConsumerThread(AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
+            return consumer
 
     class FetchWaitConsumer(AIOKafkaConsumer):
         def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
-            return thread_cls(self, loop=self.loop, beacon=self.beacon)
+            return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     class FetchWaitTransport(AIOKafkaTransport):
         Consumer = FetchWaitConsumer

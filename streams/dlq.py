@@ -27,12 +27,13 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from schemas import headers as H
 from schemas.envelope import EnvelopeError, decode_event, utc_now_iso
 from streams.topic_reader import TopicReadTimeout, read_topics, tool_consumer
 from topology.model import REDRIVES
+from topology.plan import ensure_topic
 from topology.settings import KafkaSettings
 
 REDRIVE_LOG = REDRIVES
@@ -255,15 +256,10 @@ class RedriveReport:
 
 
 def _ensure_topic(settings: KafkaSettings, name: str) -> None:
-    admin = AdminClient(settings.librdkafka())
-    if name in admin.list_topics(timeout=10).topics:
-        return
-    for fut in admin.create_topics([NewTopic(name, 1, 1)]).values():
-        try:
-            fut.result(timeout=15)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise DlqError(f"cannot create {name}: {exc}") from exc
+    try:
+        ensure_topic(AdminClient(settings.librdkafka()), name)
+    except Exception as exc:
+        raise DlqError(f"cannot create {name}: {exc}") from exc
 
 
 def _redrive_history(settings: KafkaSettings) -> tuple[set[str], Counter[str]]:

@@ -31,17 +31,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from rocksdict import Options, Rdict, WriteBatch
 
 from schemas import metrics
+from streams.stage import Output
 from topology.broker import fetch_wait_ms
+from topology.plan import ensure_topic
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,6 @@ log = logging.getLogger(__name__)
 WRITER_HEADER = "clinstream-writer"
 _OFFSET_PREFIX = b"\x00offset:"  # next offset to read, per partition, kept with the data
 _MISSING = object()
-
-ChangelogOutput = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
 
 
 class ReplicationError(RuntimeError):
@@ -104,11 +103,11 @@ class ReplicatedStore:
     def put(self, key: str, value: Any) -> None:
         self._pending[key] = value
 
-    def flush(self) -> list[ChangelogOutput]:
+    def flush(self) -> list[Output]:
         """Write the batch's puts to RocksDB; returns their changelog records, to send with the batch."""
         if not self._pending:
             return []
-        out: list[ChangelogOutput] = []
+        out: list[Output] = []
         batch = WriteBatch(raw_mode=True)
         with self._lock:
             for key, value in self._pending.items():
@@ -121,7 +120,7 @@ class ReplicatedStore:
                     batch.put(raw_key, data)
                 self._unechoed[raw_key] = (self._seq, value)
                 self._cache[key] = value
-                out.append((self.topic, raw_key, data, [(WRITER_HEADER, f"{self._writer}:{self._seq}".encode())]))
+                out.append(Output(self.topic, data, raw_key, [(WRITER_HEADER, f"{self._writer}:{self._seq}".encode())]))
         self._db.write(batch)
         self._pending.clear()
         return out
@@ -219,14 +218,9 @@ class ReplicatedStore:
         return at_end
 
     def _ensure_topic(self) -> None:
-        admin = AdminClient(self.settings.librdkafka())
-        if self.topic in admin.list_topics(timeout=10).topics:
-            return
-        fut = admin.create_topics([NewTopic(self.topic, self.partitions, self.replication_factor,
-                                            config={"cleanup.policy": "compact"})])[self.topic]
         try:
-            fut.result(30)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise ReplicationError(f"cannot create {self.topic}: {exc}") from exc
+            ensure_topic(AdminClient(self.settings.librdkafka()), self.topic, partitions=self.partitions,
+                         replication_factor=self.replication_factor, configs={"cleanup.policy": "compact"})
+        except Exception as exc:
+            raise ReplicationError(f"cannot create {self.topic}: {exc}") from exc
 

@@ -94,12 +94,9 @@ class _BufferedChangelog:
         return QueuedChangelog(_Message(partition))
 
 
-def buffered_table_classes(buffer: ChangelogBuffer) -> tuple[type[faust.Table], type[faust.GlobalTable]]:
-    """Table and GlobalTable classes (Faust's ``Table``/``GlobalTable`` settings) queueing to ``buffer``."""
-    table = type("BufferedChangelogTable", (_BufferedChangelog, faust.Table), {"changelog_buffer": buffer})
-    global_table = type("BufferedChangelogGlobalTable", (_BufferedChangelog, faust.GlobalTable),
-                        {"changelog_buffer": buffer})
-    return table, global_table
+def buffered_table_class(buffer: ChangelogBuffer) -> type[faust.Table]:
+    """The Table class (Faust's ``Table`` setting) queueing its changelog to ``buffer``."""
+    return type("BufferedChangelogTable", (_BufferedChangelog, faust.Table), {"changelog_buffer": buffer})
 
 
 class PartitionedTableView(MutableMapping[str, Any]):

@@ -127,7 +127,7 @@ def cluster(settings: KafkaSettings | None = None) -> Iterator[KafkaSettings]:
 
 
 @functools.cache
-def _cluster_id(bootstrap: str, conf_items: tuple[tuple[str, str], ...]) -> str:
+def _cluster_id(conf_items: tuple[tuple[str, str], ...]) -> str:
     from confluent_kafka.admin import AdminClient
 
     try:
@@ -139,8 +139,7 @@ def _cluster_id(bootstrap: str, conf_items: tuple[tuple[str, str], ...]) -> str:
 def is_embedded_broker(settings: KafkaSettings) -> bool:
     """Whether the cluster is a Tansu broker (the embedded one): its cluster id says so."""
     conf = settings.librdkafka()
-    return _cluster_id(str(conf.get("bootstrap.servers")),
-                       tuple(sorted((k, str(v)) for k, v in conf.items()))).startswith("tansu")
+    return _cluster_id(tuple(sorted((k, str(v)) for k, v in conf.items()))).startswith("tansu")
 
 
 def fetch_wait_ms(settings: KafkaSettings) -> int | None:

@@ -124,6 +124,15 @@ def apply(changes: list[TopicChange], admin: AdminClient, timeout: float = 30.0)
     return done
 
 
+def ensure_topic(admin: AdminClient, name: str, *, partitions: int = 1, replication_factor: int = 1,
+                 configs: dict[str, str] | None = None) -> bool:
+    """Create one topic outside the topology (the redrive log, a replicated store) unless it exists."""
+    if name in admin.list_topics(timeout=10).topics:
+        return False
+    apply([TopicChange(name, "create", "missing", partitions, replication_factor, configs or {})], admin)
+    return True
+
+
 def ensure_topics(topology: Topology, admin: AdminClient) -> list[str]:
     """Create what is missing (used by `run` and `demo` at start-up)."""
     return apply([c for c in plan(topology, admin) if c.action in ("create", "add-partitions")], admin)

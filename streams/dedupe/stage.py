@@ -33,12 +33,15 @@ class DedupeStage:
     def process(self, record: InRecord) -> Outcome:
         event = event_of(record)
         decision = decide(event, self.seen, self.clock(), self.window_s)
-        if decision.action == "drop" and H.REDRIVE_COUNT not in record.headers:
-            return Outcome.drop(decision.reason)
         # A redrive is an operator's explicit "process this again" (the record was dead-lettered after
         # dedupe had seen it, e.g. by identity): forwarded and flagged; downstream is idempotent by event id.
+        seen_before = decision.action == "drop"
+        if seen_before and H.REDRIVE_COUNT not in record.headers:
+            return Outcome.drop(decision.reason)
         event["lineage"]["stages"] = [*event["lineage"]["stages"], "dedupe"]
         pairs = [(k, v) for k, v in record.headers.items() if k != FLAG_HEADER]
-        if decision.flagged or decision.action == "drop":
-            pairs.append((FLAG_HEADER, "redriven" if decision.action == "drop" else decision.reason))
+        if seen_before:  # only a redrive gets here
+            pairs.append((FLAG_HEADER, "redriven"))
+        elif decision.flagged:
+            pairs.append((FLAG_HEADER, decision.reason))
         return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, H.encode(pairs), event))

@@ -83,9 +83,7 @@ class IdentityStage:
         """End of batch: a write-behind store (the worker's replicated index) writes out now; its
         changelog records are outputs of the batch."""
         flush = getattr(self.engine.store, "flush", None)
-        if flush is None:
-            return []
-        return [Output(topic, value, key, headers) for topic, key, value, headers in flush() or ()]
+        return list(flush() or ()) if flush is not None else []
 
     def process(self, record: InRecord) -> Outcome:
         if record.topic == MPI_REVIEW:

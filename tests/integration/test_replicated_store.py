@@ -9,13 +9,14 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from streams.replicated_store import WRITER_HEADER, ReplicatedStore
+from streams.stage import Output
 from topology.settings import KafkaSettings
 
 
 def _send(bootstrap: str, records: list) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
-    for topic, key, value, headers in records:
-        producer.produce(topic, value, key=key, headers=list(headers))
+    for out in records:
+        producer.produce(out.topic, out.value, key=out.key, headers=list(out.headers))
     assert producer.flush(30) == 0
 
 
@@ -38,7 +39,7 @@ def test_replicas_converge_resume_and_delete(kafka_bootstrap: str, unique_name, 
             a.put(f"b:key{i}", [f"E{i}"])
         assert a.get("b:key7") == ["E7"]  # the batch's own writes are visible before the flush
         out = a.flush()
-        assert len(out) == 200 and all(dict(h)[WRITER_HEADER] for _, _, _, h in out)
+        assert len(out) == 200 and all(dict(o.headers)[WRITER_HEADER] for o in out)
         assert a.get("b:key7") == ["E7"]  # and after, before the topic echoed them
         assert b.get("b:key7") is None
         _send(kafka_bootstrap, out)
@@ -56,7 +57,7 @@ def test_replicas_converge_resume_and_delete(kafka_bootstrap: str, unique_name, 
         b.stop()
 
     # a restart resumes from the offsets kept with the data, and catches up on what it missed
-    _send(kafka_bootstrap, [(topic, b'"b:late"', b'["L"]', [])])
+    _send(kafka_bootstrap, [Output(topic, b'["L"]', b'"b:late"')])
     again = ReplicatedStore(settings, topic, tmp_path / "a", partitions=3)
     again.start()
     try:
