@@ -15,7 +15,11 @@ all four stages together (bench pipeline, issue 6). Here:
 - **replication**: a librdkafka consumer thread tails every partition and applies
   every record in partition order (so all workers converge to the topic's state),
   in RocksDB write batches that also store the next offset per partition, so a
-  restart resumes where it stopped; the read cache drops what it applies;
+  restart resumes where it stopped; the read cache drops what it applies.  An
+  echo of this process's own write is not written again (RocksDB has held it, or
+  a newer own write, since ``flush()``) unless another writer's record for that
+  key was applied in between, which the topic orders before ours; with one
+  worker that is every record, and the read cache stays warm;
 - **start-up**: ``start()`` reads every partition to its end-of-partition event
   (not a watermark: the embedded broker under-reports them) before returning, so
   the worker takes no event with a partial index.
@@ -37,7 +41,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
 from schemas import metrics
 from streams.stage import Output
@@ -66,13 +70,18 @@ class ReplicatedStore:
         Path(path).mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)  # most index lookups miss (new blocking keys, new records)
+        opts.set_block_based_table_factory(table)
         self._db = Rdict(str(path), options=opts)
         self._writer = uuid.uuid4().hex
+        self._writer_tag = f"{self._writer}:".encode()  # header value: tag + sequence number
         self._seq = 0
         self._pending: dict[str, Any] = {}
         self._cache: dict[str, Any] = {}
         self._cache_entries = cache_entries
         self._unechoed: dict[bytes, tuple[int, Any]] = {}  # own writes not yet read back: key -> (seq, value)
+        self._overwritten: set[bytes] = set()  # unechoed keys another writer's record replaced in RocksDB
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
@@ -120,7 +129,7 @@ class ReplicatedStore:
                     batch.put(raw_key, data)
                 self._unechoed[raw_key] = (self._seq, value)
                 self._cache[key] = value
-                out.append(Output(self.topic, data, raw_key, [(WRITER_HEADER, f"{self._writer}:{self._seq}".encode())]))
+                out.append(Output(self.topic, data, raw_key, [(WRITER_HEADER, self._writer_tag + b"%d" % self._seq)]))
         self._db.write(batch)
         self._pending.clear()
         return out
@@ -181,39 +190,48 @@ class ReplicatedStore:
             return at_end
         batch = WriteBatch(raw_mode=True)
         offsets: dict[int, int] = {}
-        touched: list[bytes] = []
-        echoed: list[tuple[bytes, int]] = []
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
+        applied = 0
+        tag, cache, unechoed, overwritten = self._writer_tag, self._cache, self._unechoed, self._overwritten
+        with self._lock:  # flush() changes the unechoed writes these decisions read
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition())
+                        continue
+                    raise KafkaException(err)
+                key = msg.key()
+                if key is None:
                     continue
-                raise KafkaException(err)
-            key, value = msg.key(), msg.value()
-            if key is None:
-                continue
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-            offsets[msg.partition()] = msg.offset() + 1
-            touched.append(key)
-            writer = dict(msg.headers() or ()).get(WRITER_HEADER)
-            if writer and writer.startswith(self._writer.encode()):
-                echoed.append((key, int(writer.rsplit(b":", 1)[1])))
-        for partition, nxt in offsets.items():
-            batch.put(_OFFSET_PREFIX + str(partition).encode(), str(nxt).encode())
-        with self._lock:
+                offsets[msg.partition()] = msg.offset() + 1
+                applied += 1
+                own_seq = -1
+                for name, tagged in msg.headers() or ():
+                    if name == WRITER_HEADER and tagged and tagged.startswith(tag):
+                        own_seq = int(tagged[len(tag):])
+                own = unechoed.get(key) if own_seq >= 0 else None
+                if own_seq >= 0 and key not in overwritten:
+                    # RocksDB holds this write or a newer own one; the read cache too.
+                    if own is not None and own[0] == own_seq:
+                        del unechoed[key]
+                    continue
+                value = msg.value()
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+                cache.pop(orjson.loads(key), None)
+                if own_seq < 0:
+                    if key in unechoed:  # our pending write follows this one in the topic
+                        overwritten.add(key)
+                elif own is not None and own[0] == own_seq:
+                    del unechoed[key]
+                    overwritten.discard(key)
+            for partition, nxt in offsets.items():
+                batch.put(_OFFSET_PREFIX + str(partition).encode(), str(nxt).encode())
             self._db.write(batch)
-            for key in touched:
-                self._cache.pop(orjson.loads(key), None)
-            for key, seq in echoed:  # the topic now holds this write: RocksDB serves it again
-                own = self._unechoed.get(key)
-                if own is not None and own[0] == seq:
-                    del self._unechoed[key]
-        self.applied += len(touched)
-        self._applied_metric.inc(len(touched))
+        self.applied += applied
+        self._applied_metric.inc(applied)
         self._unechoed_metric.set(len(self._unechoed))
         return at_end
 

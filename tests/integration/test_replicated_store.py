@@ -75,3 +75,46 @@ def test_replicas_converge_resume_and_delete(kafka_bootstrap: str, unique_name, 
         assert fresh.get("b:key150") == ["E150"] and fresh.get("b:key2") is None and fresh.get("b:late") == ["L"]
     finally:
         fresh.stop()
+
+
+def test_own_echo_after_another_writers_record_is_applied(kafka_bootstrap: str, unique_name, tmp_path: Path):
+    """An own write is not rewritten when echoed, unless another writer's record for the key came between."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    topic = unique_name("replica-order")
+    a = ReplicatedStore(settings, topic, tmp_path / "a", partitions=1)
+    b = ReplicatedStore(settings, topic, tmp_path / "b", partitions=1)
+    a.start()
+    b.start()
+    try:
+        # a writes first but sends last: the topic holds b's value, then a's
+        a.put("b:k", ["A"])
+        a.put("b:solo", ["A"])
+        late = a.flush()
+        b.put("b:k", ["B"])
+        _send(kafka_bootstrap, b.flush())
+        _eventually(lambda: a.applied == 1)
+        assert a.get("b:k") == ["A"]  # its own pending write comes later in the topic
+        assert a._db.get(b'"b:k"') == b'["B"]'  # RocksDB follows the topic
+        _send(kafka_bootstrap, late)
+        _eventually(lambda: not a._unechoed and b.get("b:k") == ["A"])
+        assert a._db.get(b'"b:k"') == b'["A"]' and a._db.get(b'"b:solo"') == b'["A"]'
+        assert not a._overwritten
+
+        # in topic order a's write, then b's: both end with b's value
+        a.put("b:k", ["A2"])
+        _send(kafka_bootstrap, a.flush())
+        _eventually(lambda: not a._unechoed and b.get("b:k") == ["A2"])
+        b.put("b:k", None)
+        _send(kafka_bootstrap, b.flush())
+        _eventually(lambda: a.get("b:k") is None)
+        assert a._db.get(b'"b:k"') is None
+    finally:
+        a.stop()
+        b.stop()
+
+    again = ReplicatedStore(settings, topic, tmp_path / "a", partitions=1)
+    again.start()
+    try:
+        assert again.get("b:k") is None and again.get("b:solo") == ["A"]
+    finally:
+        again.stop()
