@@ -82,6 +82,7 @@ class ReplicatedStore:
         self._cache_entries = cache_entries
         self._unechoed: dict[bytes, tuple[int, Any]] = {}  # own writes not yet read back: key -> (seq, value)
         self._overwritten: set[bytes] = set()  # unechoed keys another writer's record replaced in RocksDB
+        self._applied_to: dict[int, int] = {}  # partition -> next offset to apply (what RocksDB has)
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
@@ -148,11 +149,10 @@ class ReplicatedStore:
             "fetch.wait.max.ms": fetch_wait_ms(self.settings) or 50,
             "queued.max.messages.kbytes": 8192,  # the default prefetch (64 MB) is mostly idle memory here
         }))
-        assignment = []
         for p in range(self.partitions):
             stored = self._db.get(_OFFSET_PREFIX + str(p).encode())
-            assignment.append(TopicPartition(self.topic, p, int(stored) if stored else OFFSET_BEGINNING))
-        self._consumer.assign(assignment)
+            self._applied_to[p] = int(stored) if stored else OFFSET_BEGINNING
+        self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in self._applied_to.items()])
         todo = set(range(self.partitions))
         deadline = time.monotonic() + timeout_s
         while todo:
@@ -178,8 +178,19 @@ class ReplicatedStore:
             try:
                 self._poll_once(0.2)
             except Exception:  # keep replicating; a broker hiccup must not freeze the index
-                log.exception("%s: replication poll failed", self.topic)
+                log.exception("%s: replication poll failed; re-reading from the last applied offsets", self.topic)
                 self._stop.wait(1.0)
+                self._rewind()
+
+    def _rewind(self) -> None:
+        """Seek back to what RocksDB has applied: records a failed poll consumed are read again, not skipped."""
+        assert self._consumer is not None
+        for partition, offset in self._applied_to.items():
+            try:
+                self._consumer.seek(TopicPartition(self.topic, partition, offset))
+            except KafkaException:  # not fetching yet: the assignment's offset still stands
+                self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in self._applied_to.items()])
+                return
 
     def _poll_once(self, timeout_s: float) -> set[int]:
         """Apply what one poll brings; returns the partitions that reported their end."""
@@ -191,8 +202,12 @@ class ReplicatedStore:
         batch = WriteBatch(raw_mode=True)
         offsets: dict[int, int] = {}
         applied = 0
-        tag, cache, unechoed, overwritten = self._writer_tag, self._cache, self._unechoed, self._overwritten
+        tag, unechoed = self._writer_tag, self._unechoed
+        # Decided here, changed only once RocksDB has the batch: a failed write leaves nothing half-applied.
+        echoed: list[tuple[bytes, int]] = []
+        changed: list[bytes] = []
         with self._lock:  # flush() changes the unechoed writes these decisions read
+            overwritten = set(self._overwritten)
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
@@ -209,27 +224,33 @@ class ReplicatedStore:
                 for name, tagged in msg.headers() or ():
                     if name == WRITER_HEADER and tagged and tagged.startswith(tag):
                         own_seq = int(tagged[len(tag):])
-                own = unechoed.get(key) if own_seq >= 0 else None
-                if own_seq >= 0 and key not in overwritten:
-                    # RocksDB holds this write or a newer own one; the read cache too.
+                if own_seq >= 0:
+                    echoed.append((key, own_seq))
+                    if key not in overwritten:
+                        continue  # RocksDB holds this write or a newer own one; the read cache too
+                    own = unechoed.get(key)
                     if own is not None and own[0] == own_seq:
-                        del unechoed[key]
-                    continue
+                        overwritten.discard(key)  # the last own write: the topic and RocksDB agree again
+                elif key in unechoed:
+                    overwritten.add(key)  # our pending write follows this one in the topic
                 value = msg.value()
                 if value is None:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-                cache.pop(orjson.loads(key), None)
-                if own_seq < 0:
-                    if key in unechoed:  # our pending write follows this one in the topic
-                        overwritten.add(key)
-                elif own is not None and own[0] == own_seq:
-                    del unechoed[key]
-                    overwritten.discard(key)
+                changed.append(key)
             for partition, nxt in offsets.items():
                 batch.put(_OFFSET_PREFIX + str(partition).encode(), str(nxt).encode())
             self._db.write(batch)
+            self._applied_to.update(offsets)
+            self._overwritten = overwritten
+            for key, seq in echoed:  # the topic now holds this write: RocksDB serves it again
+                own = unechoed.get(key)
+                if own is not None and own[0] == seq:
+                    del unechoed[key]
+            cache = self._cache
+            for key in changed:
+                cache.pop(orjson.loads(key), None)
         self.applied += applied
         self._applied_metric.inc(applied)
         self._unechoed_metric.set(len(self._unechoed))

@@ -118,3 +118,40 @@ def test_own_echo_after_another_writers_record_is_applied(kafka_bootstrap: str, 
         assert again.get("b:k") is None and again.get("b:solo") == ["A"]
     finally:
         again.stop()
+
+
+class _FailingWrites:
+    """RocksDB whose next ``failures`` batch writes raise (a full disk, say); everything else passes through."""
+
+    def __init__(self, db, failures: int) -> None:
+        self._db = db
+        self.failures = failures
+
+    def write(self, batch, *args):
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("IO error: No space left on device")
+        return self._db.write(batch, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_a_failed_apply_is_read_again_not_skipped(kafka_bootstrap: str, unique_name, tmp_path: Path):
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    topic = unique_name("replica-fail")
+    a = ReplicatedStore(settings, topic, tmp_path / "a", partitions=2)
+    b = ReplicatedStore(settings, topic, tmp_path / "b", partitions=2)
+    a.start()
+    b.start()
+    try:
+        flaky = b._db = _FailingWrites(b._db, failures=2)
+        for i in range(50):
+            a.put(f"b:key{i}", [f"E{i}"])
+        _send(kafka_bootstrap, a.flush())
+        _eventually(lambda: b.applied == 50, timeout_s=30)
+        assert flaky.failures == 0
+        assert all(b.get(f"b:key{i}") == [f"E{i}"] for i in range(50))
+    finally:
+        a.stop()
+        b.stop()
