@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -27,14 +28,24 @@ def _eventually(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+@contextmanager
+def _replicas(settings: KafkaSettings, topic: str, partitions: int, *paths: Path) -> Iterator[list[ReplicatedStore]]:
+    """Started replicas of ``topic``, one per data dir, stopped on the way out."""
+    stores: list[ReplicatedStore] = []
+    try:
+        for path in paths:
+            stores.append(ReplicatedStore(settings, topic, path, partitions=partitions))
+            stores[-1].start()
+        yield stores
+    finally:
+        for store in stores:
+            store.stop()
+
+
 def test_replicas_converge_resume_and_delete(kafka_bootstrap: str, unique_name, tmp_path: Path):
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     topic = unique_name("replica")
-    a = ReplicatedStore(settings, topic, tmp_path / "a", partitions=3)
-    b = ReplicatedStore(settings, topic, tmp_path / "b", partitions=3)
-    a.start()
-    b.start()
-    try:
+    with _replicas(settings, topic, 3, tmp_path / "a", tmp_path / "b") as (a, b):
         for i in range(200):
             a.put(f"b:key{i}", [f"E{i}"])
         assert a.get("b:key7") == ["E7"]  # the batch's own writes are visible before the flush
@@ -52,40 +63,25 @@ def test_replicas_converge_resume_and_delete(kafka_bootstrap: str, unique_name, 
         _send(kafka_bootstrap, b.flush())
         _eventually(lambda: a.get("b:key1") == ["E1", "E9"] and a.get("b:key2") is None)
         _eventually(lambda: not a._unechoed)  # every own write was read back
-    finally:
-        a.stop()
-        b.stop()
 
     # a restart resumes from the offsets kept with the data, and catches up on what it missed
     _send(kafka_bootstrap, [Output(topic, b'["L"]', b'"b:late"')])
-    again = ReplicatedStore(settings, topic, tmp_path / "a", partitions=3)
-    again.start()
-    try:
+    with _replicas(settings, topic, 3, tmp_path / "a") as (again,):
         assert again.applied == 1  # only the record written while it was down
         assert again.get("b:late") == ["L"]
         assert again.get("b:key1") == ["E1", "E9"] and again.get("b:key2") is None
         assert again.get("b:key150") == ["E150"]
-    finally:
-        again.stop()
 
     # a new replica (empty data dir) reads the whole topic before start() returns
-    fresh = ReplicatedStore(settings, topic, tmp_path / "c", partitions=3)
-    fresh.start()
-    try:
+    with _replicas(settings, topic, 3, tmp_path / "c") as (fresh,):
         assert fresh.get("b:key150") == ["E150"] and fresh.get("b:key2") is None and fresh.get("b:late") == ["L"]
-    finally:
-        fresh.stop()
 
 
 def test_own_echo_after_another_writers_record_is_applied(kafka_bootstrap: str, unique_name, tmp_path: Path):
     """An own write is not rewritten when echoed, unless another writer's record for the key came between."""
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     topic = unique_name("replica-order")
-    a = ReplicatedStore(settings, topic, tmp_path / "a", partitions=1)
-    b = ReplicatedStore(settings, topic, tmp_path / "b", partitions=1)
-    a.start()
-    b.start()
-    try:
+    with _replicas(settings, topic, 1, tmp_path / "a", tmp_path / "b") as (a, b):
         # a writes first but sends last: the topic holds b's value, then a's
         a.put("b:k", ["A"])
         a.put("b:solo", ["A"])
@@ -108,16 +104,8 @@ def test_own_echo_after_another_writers_record_is_applied(kafka_bootstrap: str, 
         _send(kafka_bootstrap, b.flush())
         _eventually(lambda: a.get("b:k") is None)
         assert a._db.get(b'"b:k"') is None
-    finally:
-        a.stop()
-        b.stop()
-
-    again = ReplicatedStore(settings, topic, tmp_path / "a", partitions=1)
-    again.start()
-    try:
+    with _replicas(settings, topic, 1, tmp_path / "a") as (again,):
         assert again.get("b:k") is None and again.get("b:solo") == ["A"]
-    finally:
-        again.stop()
 
 
 class _FailingWrites:
@@ -140,11 +128,7 @@ class _FailingWrites:
 def test_a_failed_apply_is_read_again_not_skipped(kafka_bootstrap: str, unique_name, tmp_path: Path):
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     topic = unique_name("replica-fail")
-    a = ReplicatedStore(settings, topic, tmp_path / "a", partitions=2)
-    b = ReplicatedStore(settings, topic, tmp_path / "b", partitions=2)
-    a.start()
-    b.start()
-    try:
+    with _replicas(settings, topic, 2, tmp_path / "a", tmp_path / "b") as (a, b):
         flaky = b._db = _FailingWrites(b._db, failures=2)
         for i in range(50):
             a.put(f"b:key{i}", [f"E{i}"])
@@ -152,6 +136,3 @@ def test_a_failed_apply_is_read_again_not_skipped(kafka_bootstrap: str, unique_n
         _eventually(lambda: b.applied == 50, timeout_s=30)
         assert flaky.failures == 0
         assert all(b.get(f"b:key{i}") == [f"E{i}"] for i in range(50))
-    finally:
-        a.stop()
-        b.stop()
