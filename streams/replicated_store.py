@@ -61,7 +61,12 @@ class ReplicationError(RuntimeError):
 
 
 class ReplicatedStore:
-    def __init__(self, settings: KafkaSettings, topic: str, path: str | Path, *, partitions: int,
+    """``partitions`` is what a missing topic is created with; an existing topic is read with the
+    partitions it has.  One is the default: every worker reads the whole topic anyway, and on a
+    broker whose cost is per request (the embedded one: about 1 ms each, and librdkafka sends one
+    produce request per partition) each further partition adds a request to every batch."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, path: str | Path, *, partitions: int = 1,
                  replication_factor: int = 1, cache_entries: int = 100_000) -> None:
         self.settings = settings
         self.topic = topic
@@ -256,10 +261,20 @@ class ReplicatedStore:
         self._unechoed_metric.set(len(self._unechoed))
         return at_end
 
-    def _ensure_topic(self) -> None:
+    def _ensure_topic(self, timeout_s: float = 30.0) -> None:
+        admin = AdminClient(self.settings.librdkafka())
         try:
-            ensure_topic(AdminClient(self.settings.librdkafka()), self.topic, partitions=self.partitions,
+            ensure_topic(admin, self.topic, partitions=self.partitions,
                          replication_factor=self.replication_factor, configs={"cleanup.policy": "compact"})
         except Exception as exc:
             raise ReplicationError(f"cannot create {self.topic}: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while True:  # a topic just created can take a moment to show its partitions
+            meta = admin.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                self.partitions = len(meta.partitions)
+                return
+            if time.monotonic() > deadline:
+                raise ReplicationError(f"{self.topic}: no partitions in the metadata after {timeout_s:.0f}s")
+            time.sleep(0.1)
 

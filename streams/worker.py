@@ -72,7 +72,7 @@ def run_worker(
 ) -> None:
     d = topology.topic_defaults
     index = ReplicatedStore(settings, mpi_index_topic(app_id), Path(data_dir) / "mpi-index",
-                            partitions=d.partitions, replication_factor=d.replication_factor)
+                            replication_factor=d.replication_factor)
     index.start()  # the whole index, before the first event
 
     def chains(app: faust.App) -> Sequence[StageChain]:

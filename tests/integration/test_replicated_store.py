@@ -73,7 +73,9 @@ def test_replicas_converge_resume_and_delete(kafka_bootstrap: str, unique_name, 
         assert again.get("b:key150") == ["E150"]
 
     # a new replica (empty data dir) reads the whole topic before start() returns
-    with _replicas(settings, topic, 3, tmp_path / "c") as (fresh,):
+    # (asked for one partition: an existing topic is read with the partitions it has)
+    with _replicas(settings, topic, 1, tmp_path / "c") as (fresh,):
+        assert fresh.partitions == 3
         assert fresh.get("b:key150") == ["E150"] and fresh.get("b:key2") is None and fresh.get("b:late") == ["L"]
 
 
