@@ -90,6 +90,9 @@ class Ctx:
         # version nibble → 8 (custom), variant bits → 10xx; the 8 hex digits after it are the counter.
         self._id_prefix = f"{x[:8]}-{x[8:12]}-8{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:24]}"
         self._scoped_ids: dict[str, str] = {}
+        # XCN value → Practitioner reference ("" for none), for this message only: the same XCN
+        # (an attending doctor in PV1-7 and ORC-12, ...) maps to the same resource every time.
+        self._practitioners: dict[str, str] = {}
 
     # -- ids and registration -------------------------------------------------
     def make_id(self, key: str) -> str:
@@ -125,8 +128,15 @@ class Ctx:
     # -- shared resources -----------------------------------------------------
     def practitioner(self, rep: Rep) -> str | None:
         """XCN → Practitioner (de-duplicated on id + authority + name)."""
-        if not rep.raw:
+        raw = rep.raw
+        if not raw:
             return None
+        known = self._practitioners.get(raw)
+        if known is None:
+            known = self._practitioners[raw] = self._practitioner(rep) or ""
+        return known or None
+
+    def _practitioner(self, rep: Rep) -> str | None:
         res: dict[str, Any] = {"resourceType": "Practitioner"}
         v = rep.vals()  # v[i] == rep.get(i + 1)
         ident = v[0]

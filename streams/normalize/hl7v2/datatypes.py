@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from schemas.hl7v2.parser import Rep
-from streams.normalize.hl7v2.tables import V2, V3_INTERPRETATION, coding_system, lookup
+from streams.normalize.hl7v2.tables import MEMO_MAX, V2, V3_INTERPRETATION, coding_system, lookup
 
 __all__ = [
     "LOCAL_SYSTEM_BASE",
@@ -129,12 +129,68 @@ def _fhir_tz(tz: str, default_tz: str) -> str:
     return "Z" if tz in ("+0000", "-0000") else f"{tz[:3]}:{tz[3:]}"
 
 
+def _valid_date8(v: str) -> bool:
+    """``v`` (8 ASCII digits, YYYYMMDD) is a date the general path accepts: month 01-12, day 01-28.
+
+    The rarer days 29-31 are left to the general path (month lengths, leap years).
+    """
+    return v[4:6] in _MONTHS and "01" <= v[6:8] <= "28"
+
+
+def _valid_time(v: str, n: int) -> bool:
+    """The HHMM or HHMMSS (n = 12 / 14) after a valid date: hour ≤ 23, minute and second ≤ 59."""
+    return v[8:10] <= "23" and v[10:12] <= "59" and (n == 12 or v[12:14] <= "59")
+
+
+def _fast_tz(v: str) -> str | None:
+    """FHIR offset of the ``+ZZZZ``/``-ZZZZ`` that ends ``v``, None to decline (not an offset, out of range)."""
+    tz = v[-5:]
+    sign = tz[0]
+    if sign != "+" and sign != "-":
+        return None
+    hh, mm = tz[1:3], tz[3:5]
+    if not (hh.isdigit() and mm.isdigit() and tz.isascii()) or hh > "14" or mm > "59":
+        return None
+    if hh == "00" and mm == "00":
+        return "Z"
+    return f"{tz[:3]}:{mm}"
+
+
+def _fast_datetime(value: str, default_tz: str, need_seconds: bool) -> str | None:
+    """The common shapes YYYYMMDD and YYYYMMDDHHMM[SS] (with or without ±ZZZZ) formatted by slicing.
+
+    Returns None whenever the value is anything else (other precisions, fractions, blanks,
+    day 29-31, invalid or non-ASCII digits): the general path then decides, and raises the errors,
+    so this only ever returns what it would have returned.
+    """
+    n = len(value)
+    if n > 14:
+        n -= 5  # a ±ZZZZ suffix, checked by _fast_tz
+    if n == 8 and not need_seconds:
+        if len(value) != 8 or not (value.isdigit() and value.isascii()) or not _valid_date8(value):
+            return None
+        return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
+    if n != 14 and (n != 12 or need_seconds):
+        return None
+    body = value[:n]
+    if not (body.isdigit() and body.isascii()) or not _valid_date8(body) or not _valid_time(body, n):
+        return None
+    tz = _fast_tz(value) if n != len(value) else default_tz
+    if tz is None:
+        return None
+    second = body[12:14] if n == 14 else "00"
+    return f"{body[:4]}-{body[4:6]}-{body[6:8]}T{body[8:10]}:{body[10:12]}:{second}{tz}"
+
+
 def datetime_(value: str, default_tz: str = "Z") -> str | None:
     """DTM/TS → FHIR dateTime, keeping the sender's precision and offset.
 
     FHIR requires an offset whenever a time is present; a v2 time without one is
     given ``default_tz`` (the source's configured zone, UTC unless set).
     """
+    fast = _fast_datetime(value, default_tz, False)
+    if fast is not None:
+        return fast
     parts = _split_ts(value)
     if parts is None:
         return None
@@ -154,6 +210,8 @@ def _format_dt(parts: tuple[str, ...], default_tz: str) -> str:
 
 def date(value: str) -> str | None:
     """DT/DTM → FHIR date (time part dropped, precision kept)."""
+    if len(value) == 8 and value.isdigit() and value.isascii() and _valid_date8(value):
+        return f"{value[:4]}-{value[4:6]}-{value[6:8]}"  # the common YYYYMMDD (see _fast_datetime)
     parts = _split_ts(value)
     if parts is None:
         return None
@@ -165,6 +223,9 @@ def date(value: str) -> str | None:
 
 def instant(value: str, default_tz: str = "Z") -> str | None:
     """DTM → FHIR instant, or None when the value is less precise than a second."""
+    fast = _fast_datetime(value, default_tz, True)
+    if fast is not None:
+        return fast
     parts = _split_ts(value)
     if parts is None or not parts[5]:
         return None
@@ -216,7 +277,32 @@ def _hd_system_raw(raw: str, rep: Rep) -> str | None:
     return _hd_system(v[0], v[1], v[2])
 
 
+# HD (assigning authority) → system URI ("" for None), by namespace alone for the usual
+# namespace-only HD and by all three parts otherwise.  Assigning authorities are a finite
+# vocabulary (a site's facilities and registries), so the memos are bounded, not keyed by patient
+# data; they hold strings only, nothing a caller could mutate.
+_NS_SYSTEMS: dict[str, str] = {}
+_HD_SYSTEMS: dict[tuple[str, str, str], str] = {}
+
+
 def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
+    if not universal and not kind:
+        hit = _NS_SYSTEMS.get(namespace)
+        if hit is None:
+            hit = _hd_system_uncached(namespace, universal, kind) or ""
+            if len(_NS_SYSTEMS) < MEMO_MAX:
+                _NS_SYSTEMS[namespace] = hit
+        return hit or None
+    key = (namespace, universal, kind)
+    hit = _HD_SYSTEMS.get(key)
+    if hit is None:
+        hit = _hd_system_uncached(namespace, universal, kind) or ""
+        if len(_HD_SYSTEMS) < MEMO_MAX:
+            _HD_SYSTEMS[key] = hit
+    return hit or None
+
+
+def _hd_system_uncached(namespace: str, universal: str, kind: str) -> str | None:
     kind = kind.upper()
     if universal:
         if kind in ("ISO", "HL7") or (not kind and universal[:1].isdigit() and "." in universal):

@@ -41,11 +41,24 @@ def lookup(name: str, code: str) -> Any:
     return hit
 
 
+# Bound of the memos over finite vocabularies (coding-system names here, assigning authorities in
+# datatypes): a deployment sees a few dozen; past the bound, values are computed, not stored.
+MEMO_MAX = 4096
+
+# Coding-system name → system URI ("" for None).  Strings only: nothing a caller could mutate.
+_SYSTEMS: dict[str, str] = {}
+
+
 def coding_system(name: str) -> str | None:
     """FHIR system URI for a v2 coding-system name (table 0396, CWE-3), None when local/unknown."""
     if not name:
         return None
-    return _coding_system(name)
+    hit = _SYSTEMS.get(name)
+    if hit is None:
+        hit = _coding_system(name) or ""
+        if len(_SYSTEMS) < MEMO_MAX:
+            _SYSTEMS[name] = hit
+    return hit or None
 
 
 def _coding_system(name: str) -> str | None:
