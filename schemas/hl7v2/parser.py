@@ -335,6 +335,8 @@ class Rep:
 
 # The absent repetition, one per encoding (a Rep is never modified once built).
 _EMPTY_REPS: dict[Encoding, Rep] = {}
+# The repetitions of every absent field: one shared list (repetitions() lists are never mutated).
+_NO_REPS: list[Rep] = []
 
 
 class Segment:
@@ -348,7 +350,8 @@ class Segment:
         self.enc = enc
         self.index = index  # 1-based position in the message
         self._fields: list[str] | None = None
-        self._reps: dict[int, list[Rep]] | None = None  # built on the first repetitions() call
+        # Repetitions by field number, one slot per field, allocated on the first repetitions() call.
+        self._reps: list[list[Rep] | None] | None = None
 
     def fields(self) -> list[str]:
         """Raw fields with HL7 numbering: ``fields()[n]`` is field n (``[0]`` is the id)."""
@@ -373,17 +376,21 @@ class Segment:
     def repetitions(self, n: int) -> list[Rep]:
         """The repetitions of field n (cached: the same list on every call, don't mutate it)."""
         cache = self._reps
-        if cache is None:
-            cache = self._reps = {}
-        else:
-            reps = cache.get(n)
+        if cache is not None:
+            if not 0 <= n < len(cache):
+                return _NO_REPS
+            reps = cache[n]
             if reps is not None:
                 return reps
         f = self._fields if self._fields is not None else self.fields()
-        raw = f[n] if 0 <= n < len(f) else ""
+        if not 0 <= n < len(f):
+            return _NO_REPS
+        if cache is None:
+            cache = self._reps = [None] * len(f)
+        raw = f[n]
         if not raw:
-            reps = cache[n] = []
-            return reps
+            cache[n] = _NO_REPS
+            return _NO_REPS
         enc = self.enc
         if n <= 2 and self.id == "MSH":
             reps = [Rep(raw, enc, None, None)]
@@ -397,10 +404,7 @@ class Segment:
 
     def rep(self, n: int, i: int = 0) -> Rep:
         """Repetition ``i`` of field n; an empty Rep when absent (never raises)."""
-        cache = self._reps
-        reps = cache.get(n) if cache is not None else None
-        if reps is None:
-            reps = self.repetitions(n)
+        reps = self.repetitions(n)
         if 0 <= i < len(reps):
             return reps[i]
         empty = _EMPTY_REPS.get(self.enc)

@@ -48,6 +48,9 @@ def _uuid5_from(state: Any, tail: str) -> str:
 _SOURCE_STATES: dict[str, Any] = {}
 
 
+# PL components (0-based) that name a location without PL.9, in the order they are joined.
+_PL_NAME_PARTS: tuple[int, ...] = (3, 6, 7, 0, 1, 2)
+
 # Resources that are "what the message is about" (MessageHeader.focus).
 SUPPORTING = frozenset({"Practitioner", "Organization", "Location", "Provenance", "MessageHeader", "Device"})
 
@@ -192,9 +195,15 @@ class Ctx:
         if not rep.raw:
             return None
         v = rep.vals()  # v[i] == rep.get(i + 1)
-        name = v[8] or " ".join(p for p in (v[3], v[6], v[7], v[0], v[1], v[2]) if p)  # facility, building,
-        if not name:  # floor, unit, room, bed
-            return None
+        name = v[8]
+        if not name:  # facility, building, floor, unit, room, bed
+            parts: list[str] = []
+            for i in _PL_NAME_PARTS:
+                if v[i]:
+                    parts.append(v[i])
+            if not parts:
+                return None
+            name = " ".join(parts)
         res: dict[str, Any] = {"resourceType": "Location", "name": name, "mode": "instance"}
         status = v[4]
         if status:

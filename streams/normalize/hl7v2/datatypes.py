@@ -399,12 +399,32 @@ def human_name(rep: Rep, *, xcn: bool = False) -> dict[str, Any] | None:
     name: dict[str, Any] = {}
     if family:
         name["family"] = family
+    # Explicit appends, not comprehensions over tuple literals (compiled, those box and iterate
+    # the tuple generically).
+    given: list[str] = []
+    suffix: list[str] = []
     if xcn:
-        given = [g for g in (v[2], v[3]) if g]
-        suffix = [s for s in (v[4], v[6]) if s]
+        if v[2]:
+            given.append(v[2])
+        if v[3]:
+            given.append(v[3])
+        if v[4]:
+            suffix.append(v[4])
+        if v[6]:
+            suffix.append(v[6])
     else:
-        given = [g for g in (v[1], v[2], v[14]) if g]
-        suffix = [s for s in (v[3], v[5], v[13]) if s]
+        if v[1]:
+            given.append(v[1])
+        if v[2]:
+            given.append(v[2])
+        if v[14]:
+            given.append(v[14])
+        if v[3]:
+            suffix.append(v[3])
+        if v[5]:
+            suffix.append(v[5])
+        if v[13]:
+            suffix.append(v[13])
     if given:
         name["given"] = given
     if suffix:
@@ -420,10 +440,10 @@ def human_name(rep: Rep, *, xcn: bool = False) -> dict[str, Any] | None:
             name["use"] = use
         start, end = date(v[11]) if v[11] else None, date(v[12]) if v[12] else None
         if not (start or end) and v[9]:
-            period = rep.part(10)
-            start, end = date(period.get(1)), date(period.get(2))
+            span = rep.part(10)
+            start, end = date(span.get(1)), date(span.get(2))
         if start or end:
-            name["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+            name["period"] = period(start, end)
     return name
 
 
@@ -434,11 +454,18 @@ def address(rep: Rep) -> dict[str, Any] | None:
     v = rep.vals()  # v[i] == rep.get(i + 1)
     # SAD.1 street, SAD.2 street name, SAD.3 dwelling number, XAD.2 other designation,
     # XAD.19 addressee-style extra line: each a line, in that order.
+    lines: list[str] = []
+    if v[0]:
+        lines.append(v[0])
     if rep.subsep is not None and rep.subsep in rep.raw_comp(1):
         sad = rep.part(1)
-        lines = [line for line in (v[0], sad.get(2), sad.get(3), v[1], v[18]) if line]
-    else:
-        lines = [line for line in (v[0], v[1], v[18]) if line]
+        for line in (sad.get(2), sad.get(3)):
+            if line:
+                lines.append(line)
+    if v[1]:
+        lines.append(v[1])
+    if v[18]:
+        lines.append(v[18])
     out: dict[str, Any] = {}
     if lines:
         out["line"] = lines
@@ -460,8 +487,8 @@ def address(rep: Rep) -> dict[str, Any] | None:
         start, end = rep.get(12, 1), rep.get(12, 2)
     start_d, end_d = date(start) if start else None, date(end) if end else None
     if start_d or end_d:
-        out["period"] = {k: v for k, v in (("start", start_d), ("end", end_d)) if v}
-    if not out or set(out) <= {"use", "type"}:
+        out["period"] = period(start_d, end_d)
+    if len(out) == ("use" in out) + ("type" in out):  # nothing but use/type (or nothing at all)
         return None
     return out
 
@@ -510,7 +537,7 @@ def identifier(rep: Rep) -> dict[str, Any] | None:
     start = date(v[6]) if v[6] else None
     end = date(v[7]) if v[7] else None
     if start or end:
-        out["period"] = {k: x for k, x in (("start", start), ("end", end)) if x}
+        out["period"] = period(start, end)
     namespace = v[3]
     if namespace and not rep.get(4, 2):
         out["assigner"] = {"display": namespace}
@@ -568,4 +595,9 @@ def quantity(value: int | float, unit_rep: Rep | None) -> dict[str, Any]:
 def period(start: str | None, end: str | None) -> dict[str, str] | None:
     if not start and not end:
         return None
-    return {k: v for k, v in (("start", start), ("end", end)) if v}
+    out: dict[str, str] = {}
+    if start:
+        out["start"] = start
+    if end:
+        out["end"] = end
+    return out

@@ -32,6 +32,16 @@ _RESULT_MESSAGES = frozenset({"ORU", "OUL", "OSU", "ORL", "MDM"})
 _MERGE_PATIENT_EVENTS = frozenset({"A18", "A30", "A34", "A35", "A36", "A39", "A40", "A46", "A47", "A48", "A49"})
 _MERGE_ACCOUNT_EVENTS = frozenset({"A41", "A42", "A44"})
 _MERGE_VISIT_EVENTS = frozenset({"A45", "A50", "A51"})
+# Field tables of the segment maps, as module constants (a tuple literal in a loop header is
+# rebuilt and, compiled, iterated generically on every call).
+_ORDER_ID_FIELDS: tuple[tuple[int, str], ...] = ((2, "PLAC"), (3, "FILL"))  # ORC/OBR placer, filler
+_PV1_LOCATIONS: tuple[tuple[int, str, bool], ...] = (  # field, Encounter.location status, temporary
+    (3, "active", False), (6, "completed", False), (11, "active", True), (42, "planned", False),
+    (43, "completed", True))
+_PV1_PARTICIPANTS: tuple[tuple[int, str, str], ...] = (  # field, v3 ParticipationType code, display
+    (7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"), (17, "ADM", "admitter"))
+_PV1_HOSPITALIZATION: tuple[tuple[int, str, str], ...] = (  # field, Encounter.hospitalization key, table
+    (13, "reAdmission", "0092"), (14, "admitSource", "0023"), (36, "dischargeDisposition", "0112"))
 _SIU_STATUS = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled", "S16": "cancelled",
                "S17": "entered-in-error", "S26": "noshow"}
 
@@ -357,8 +367,7 @@ class Mapper:
         enc["subject"] = self.subject()
         enc["period"] = dt.period(start, end)
         locations = []
-        for n, loc_status, temporary in ((3, "active", False), (6, "completed", False), (11, "active", True),
-                                         (42, "planned", False), (43, "completed", True)):
+        for n, loc_status, temporary in _PV1_LOCATIONS:
             if n >= nf or not f[n]:
                 continue
             ref = ctx.location(seg.rep(n))
@@ -371,8 +380,7 @@ class Mapper:
                 locations.append(entry)
         enc["location"] = locations
         participants = []
-        for n, code, display in ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
-                                 (17, "ADM", "admitter")):
+        for n, code, display in _PV1_PARTICIPANTS:
             if n >= nf or not f[n]:
                 continue
             for ref in self.practitioners(seg, n):
@@ -386,8 +394,7 @@ class Mapper:
         pre = dt.identifier(seg.rep(5)) if nf > 5 and f[5] else None
         if pre:
             hosp["preAdmissionIdentifier"] = pre
-        for n, key, table_id in ((13, "reAdmission", "0092"), (14, "admitSource", "0023"),
-                                 (36, "dischargeDisposition", "0112")):
+        for n, key, table_id in _PV1_HOSPITALIZATION:
             code = seg.get(n)
             if code:
                 hosp[key] = {"coding": [dt.table_coding(code, table_id)]}
@@ -631,12 +638,17 @@ class Mapper:
 
     def _order_identifiers(self, orc: Segment | None, obr: Segment | None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for seg, placer, filler in ((orc, 2, 3), (obr, 2, 3)):
+        for seg in (orc, obr):
             if seg is None:
                 continue
-            for n, code in ((placer, "PLAC"), (filler, "FILL")):
+            for n, code in _ORDER_ID_FIELDS:
                 ident = dt.ei_identifier(seg.rep(n), code)
-                if ident and all(ident["value"] != o["value"] or ident["type"] != o["type"] for o in out):
+                if ident is None:
+                    continue
+                for o in out:  # a loop, not all() over a generator (a generator object per call)
+                    if ident["value"] == o["value"] and ident["type"] == o["type"]:
+                        break
+                else:
                     out.append(ident)
         return out
 
