@@ -281,7 +281,7 @@ class Rep:
                 if ss is None or ss not in raw:
                     n = len(parts)
                     if n < 20:
-                        parts += _PADS[n]  # the raw components are the values: share the list
+                        parts.extend(_PADS[n])  # the raw components are the values: share the list
                     self._vals = parts
                     return parts
                 v = []
@@ -297,7 +297,7 @@ class Rep:
                         p = unescape(p, enc)
                     v.append(p)
             if len(v) < 20:
-                v += _PADS[len(v)]
+                v.extend(_PADS[len(v)])
             self._vals = v
         return v
 

@@ -129,17 +129,17 @@ def _fhir_tz(tz: str, default_tz: str) -> str:
     return "Z" if tz in ("+0000", "-0000") else f"{tz[:3]}:{tz[3:]}"
 
 
-def _valid_date8(v: str) -> bool:
-    """``v`` (8 ASCII digits, YYYYMMDD) is a date the general path accepts: month 01-12, day 01-28.
-
-    The rarer days 29-31 are left to the general path (month lengths, leap years).
-    """
-    return v[4:6] in _MONTHS and "01" <= v[6:8] <= "28"
+# What the fast path accepts, as sets of digit strings: one slice and one set lookup per check
+# (cheaper than comparing two-digit slices one by one, compiled or not).  Days 29-31 are left to the
+# general path (month lengths, leap years).
+_MMDD_1_28 = frozenset(f"{m:02d}{d:02d}" for m in range(1, 13) for d in range(1, 29))
+_HOURS = frozenset(f"{h:02d}" for h in range(24))
+_SIXTY = frozenset(f"{m:02d}" for m in range(60))
 
 
 def _valid_time(v: str, n: int) -> bool:
-    """The HHMM or HHMMSS (n = 12 / 14) after a valid date: hour ≤ 23, minute and second ≤ 59."""
-    return v[8:10] <= "23" and v[10:12] <= "59" and (n == 12 or v[12:14] <= "59")
+    """The HHMM or HHMMSS (n = 12 / 14) after the date of ``v``: hour ≤ 23, minute and second ≤ 59."""
+    return v[8:10] in _HOURS and v[10:12] in _SIXTY and (n == 12 or v[12:14] in _SIXTY)
 
 
 def _fast_tz(v: str) -> str | None:
@@ -167,13 +167,13 @@ def _fast_datetime(value: str, default_tz: str, need_seconds: bool) -> str | Non
     if n > 14:
         n -= 5  # a ±ZZZZ suffix, checked by _fast_tz
     if n == 8 and not need_seconds:
-        if len(value) != 8 or not (value.isdigit() and value.isascii()) or not _valid_date8(value):
+        if len(value) != 8 or not (value.isdigit() and value.isascii()) or value[4:8] not in _MMDD_1_28:
             return None
         return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
     if n != 14 and (n != 12 or need_seconds):
         return None
     body = value[:n]
-    if not (body.isdigit() and body.isascii()) or not _valid_date8(body) or not _valid_time(body, n):
+    if not (body.isdigit() and body.isascii()) or body[4:8] not in _MMDD_1_28 or not _valid_time(body, n):
         return None
     tz = _fast_tz(value) if n != len(value) else default_tz
     if tz is None:
@@ -210,7 +210,7 @@ def _format_dt(parts: tuple[str, ...], default_tz: str) -> str:
 
 def date(value: str) -> str | None:
     """DT/DTM → FHIR date (time part dropped, precision kept)."""
-    if len(value) == 8 and value.isdigit() and value.isascii() and _valid_date8(value):
+    if len(value) == 8 and value.isdigit() and value.isascii() and value[4:8] in _MMDD_1_28:
         return f"{value[:4]}-{value[4:6]}-{value[6:8]}"  # the common YYYYMMDD (see _fast_datetime)
     parts = _split_ts(value)
     if parts is None:

@@ -56,10 +56,48 @@ def _collect(fn: Callable[[Rep], Any], reps: list[Rep]) -> list[Any]:
     return out
 
 
-def _collect_with(fn: Callable[[Rep, Any], Any], reps: list[Rep], arg: Any) -> list[Any]:
-    out = []
+# The mapped, non-empty repetitions of a field, one helper per data type: compiled, a direct call
+# of the mapper instead of calling a function object through the Python call protocol.
+def _identifiers(reps: list[Rep]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for r in reps:
-        x = fn(r, arg)
+        x = dt.identifier(r)
+        if x:
+            out.append(x)
+    return out
+
+
+def _names(reps: list[Rep]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in reps:
+        x = dt.human_name(r)
+        if x:
+            out.append(x)
+    return out
+
+
+def _addresses(reps: list[Rep]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in reps:
+        x = dt.address(r)
+        if x:
+            out.append(x)
+    return out
+
+
+def _telecoms(reps: list[Rep], default_use: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in reps:
+        x = dt.contact_point(r, default_use)
+        if x:
+            out.append(x)
+    return out
+
+
+def _codeables(reps: list[Rep]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in reps:
+        x = dt.codeable(r)
         if x:
             out.append(x)
     return out
@@ -159,7 +197,7 @@ class Mapper:
         return dt.codeable(reps[rep]) if 0 <= rep < len(reps) else None  # codeable(absent) is None
 
     def ccs(self, seg: Segment, n: int) -> list[dict[str, Any]]:
-        return _collect(dt.codeable, seg.repetitions(n))
+        return _codeables(seg.repetitions(n))
 
     def practitioners(self, seg: Segment, n: int) -> list[str]:
         out: list[str] = []
@@ -184,21 +222,24 @@ class Mapper:
     # -- patient administration ---------------------------------------------
     def seg_PID(self, seg: Segment) -> None:
         ctx = self.ctx
-        idents = _collect(dt.identifier, seg.repetitions(3))
-        idents += _collect(dt.identifier, seg.repetitions(2))  # v2.3 external id
-        idents += _collect(dt.identifier, seg.repetitions(4))  # alternate id
+        idents = _identifiers(seg.repetitions(3))
+        idents += _identifiers(seg.repetitions(2))  # v2.3 external id
+        idents += _identifiers(seg.repetitions(4))  # alternate id
         ssn = seg.get(19)
         if ssn:
-            idents.append(dt.typed_identifier(ssn, "SS", "http://hl7.org/fhir/sid/us-ssn"))
+            ssn_ident = dt.typed_identifier(ssn, "SS", "http://hl7.org/fhir/sid/us-ssn")
+            if ssn_ident:
+                idents.append(ssn_ident)
         dl = seg.rep(20)
         if dl.get(1):
             ident = dt.typed_identifier(dl.get(1), "DL", dt.local_system(dl.get(2)) if dl.get(2) else None)
-            if ident and dl.get(3):
-                ident["period"] = {"end": self.day(seg, 20, 0, 3)}
-            idents.append(ident)
+            if ident:
+                if dl.get(3):
+                    ident["period"] = {"end": self.day(seg, 20, 0, 3)}
+                idents.append(ident)
         patient: dict[str, Any] = {"resourceType": "Patient"}
-        patient["identifier"] = [i for i in idents if i]
-        patient["name"] = _collect(dt.human_name, seg.repetitions(5))
+        patient["identifier"] = idents
+        patient["name"] = _names(seg.repetitions(5))
         mother = seg.rep(6)
         if mother.raw:
             maiden = dt.human_name(mother)
@@ -212,9 +253,9 @@ class Mapper:
         gender = lookup("0001-gender", seg.get(8))
         if gender:
             patient["gender"] = gender
-        patient["address"] = _collect(dt.address, seg.repetitions(11))
-        telecom = _collect_with(dt.contact_point, seg.repetitions(13), "home")
-        telecom += _collect_with(dt.contact_point, seg.repetitions(14), "work")
+        patient["address"] = _addresses(seg.repetitions(11))
+        telecom = _telecoms(seg.repetitions(13), "home")
+        telecom += _telecoms(seg.repetitions(14), "work")
         patient["telecom"] = telecom
         language = dt.codeable(seg.rep(15))
         if language:
@@ -249,7 +290,7 @@ class Mapper:
         ref = ctx.add(_drop_empty(patient), key, scoped=key.startswith("msg|"))
         ctx.patient = ref
         self.last = ref
-        mothers = _collect(dt.identifier, seg.repetitions(21))
+        mothers = _identifiers(seg.repetitions(21))
         if mothers:
             mother_rp = {"resourceType": "RelatedPerson", "patient": {"reference": ref}, "identifier": mothers,
                          "relationship": [{"coding": [{"system": V3_ROLE_CODE, "code": "MTH",
@@ -283,12 +324,12 @@ class Mapper:
                    "identifier": [dt.identifier(seg.rep(5))], "subject": self.subject()}
             self.last = ctx.add(_drop_empty(enc), f"prior-visit|{seg.field(5)}")
             return
-        idents = _collect(dt.identifier, seg.repetitions(1))
-        idents += _collect(dt.identifier, seg.repetitions(4))
+        idents = _identifiers(seg.repetitions(1))
+        idents += _identifiers(seg.repetitions(4))
         if not idents:
             return
         prior: dict[str, Any] = {"resourceType": "Patient", "active": False, "identifier": idents}
-        names = _collect(dt.human_name, seg.repetitions(7))
+        names = _names(seg.repetitions(7))
         if names:
             prior["name"] = names
         if ctx.patient:
@@ -304,7 +345,7 @@ class Mapper:
         if not ctx.patient:
             return
         rp: dict[str, Any] = {"resourceType": "RelatedPerson", "patient": {"reference": ctx.patient}}
-        rp["name"] = _collect(dt.human_name, seg.repetitions(2))
+        rp["name"] = _names(seg.repetitions(2))
         rels = []
         for n in (3, 7):
             rep = seg.rep(n)
@@ -320,16 +361,16 @@ class Mapper:
                 coding["display"] = rep.get(2)
             rels.append({"coding": [coding]})
         rp["relationship"] = rels
-        rp["address"] = _collect(dt.address, seg.repetitions(4))
-        telecom = _collect_with(dt.contact_point, seg.repetitions(5), "home")
-        telecom += _collect_with(dt.contact_point, seg.repetitions(6), "work")
+        rp["address"] = _addresses(seg.repetitions(4))
+        telecom = _telecoms(seg.repetitions(5), "home")
+        telecom += _telecoms(seg.repetitions(6), "work")
         rp["telecom"] = telecom
         rp["period"] = dt.period(self.day(seg, 8), self.day(seg, 9))
         gender = lookup("0001-gender", seg.get(15))
         if gender:
             rp["gender"] = gender
         rp["birthDate"] = self.day(seg, 16)
-        rp["identifier"] = _collect(dt.identifier, seg.repetitions(33))
+        rp["identifier"] = _identifiers(seg.repetitions(33))
         language = dt.codeable(seg.rep(20))
         if language:
             rp["communication"] = [{"language": language}]
@@ -596,10 +637,10 @@ class Mapper:
             rp: dict[str, Any] = {
                 "resourceType": "RelatedPerson",
                 "patient": {"reference": ctx.patient},
-                "name": _collect(dt.human_name, seg.repetitions(3)),
-                "address": _collect(dt.address, seg.repetitions(5)),
-                "telecom": _collect_with(dt.contact_point, seg.repetitions(6), "home"),
-                "identifier": _collect(dt.identifier, seg.repetitions(2)),
+                "name": _names(seg.repetitions(3)),
+                "address": _addresses(seg.repetitions(5)),
+                "telecom": _telecoms(seg.repetitions(6), "home"),
+                "identifier": _identifiers(seg.repetitions(2)),
             }
             if rel:
                 role = lookup("0063", rel)
