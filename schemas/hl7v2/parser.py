@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Final
 
 from schemas.hl7v2.errors import Hl7ParseError
 
@@ -35,15 +36,15 @@ __all__ = [
 ]
 
 # A hostile or broken sender must not be able to make us allocate without bound.
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BYTES: Final = 16 * 1024 * 1024
 
-_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_SEGMENT_ID: Final = re.compile(r"[A-Z][A-Z0-9]{2}")
 # Segment ids we've already validated; bounded by 26*36*36 entries.
-_VALID_IDS: set[str] = {"MSH", "PID", "PV1", "OBX", "OBR", "NTE", "EVN", "ORC", "NK1"}
+_VALID_IDS: Final[set[str]] = {"MSH", "PID", "PV1", "OBX", "OBR", "NTE", "EVN", "ORC", "NK1"}
 
 # MSH-18 (table 0211) → Python codec.  Anything ASCII-compatible is decoded
 # directly; unknown values fall back to UTF-8-then-latin-1.
-_CHARSETS: dict[str, str] = {
+_CHARSETS: Final[dict[str, str]] = {
     "ASCII": "ascii",
     "UNICODE UTF-8": "utf-8",
     "UTF-8": "utf-8",
@@ -71,7 +72,7 @@ _CHARSETS: dict[str, str] = {
 }
 
 # Formatting escapes (FT data type) that carry no text; \.br\ and \.sp\ become newlines.
-_DROP_ESCAPES = frozenset({"H", "N", ".fi", ".nf", ".ce"})
+_DROP_ESCAPES: Final = frozenset({"H", "N", ".fi", ".nf", ".ce"})
 
 
 def codec_for_charset(charset: str) -> str | None:
@@ -98,7 +99,7 @@ class Encoding:
         return f"Encoding({self.field!r}, {self.chars!r})"
 
 
-_ENCODING_CACHE: dict[str, Encoding] = {}
+_ENCODING_CACHE: Final[dict[str, Encoding]] = {}
 
 
 def read_encoding(first_segment: str, segment_index: int = 1) -> Encoding:
@@ -224,7 +225,7 @@ def escape(value: str, enc: Encoding) -> str:
     return value
 
 
-_PADS = [[""] * (20 - i) for i in range(20)]  # _PADS[n]: what pads an n-item list to 20
+_PADS: Final = [[""] * (20 - i) for i in range(20)]  # _PADS[n]: what pads an n-item list to 20
 class Rep:
     """One repetition of a field (or, via :meth:`part`, one component seen as a composite).
 
@@ -334,9 +335,9 @@ class Rep:
 
 
 # The absent repetition, one per encoding (a Rep is never modified once built).
-_EMPTY_REPS: dict[Encoding, Rep] = {}
+_EMPTY_REPS: Final[dict[Encoding, Rep]] = {}
 # The repetitions of every absent field: one shared list (repetitions() lists are never mutated).
-_NO_REPS: list[Rep] = []
+_NO_REPS: Final[list[Rep]] = []
 
 
 class Segment:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any
+from typing import Any, Final
 
 from schemas.hl7v2.parser import Message, Rep
 from streams.normalize.hl7v2 import datatypes as dt
 
 # Fixed namespace so ids are stable across processes and releases.
-NAMESPACE = uuid.UUID("6f1c1f52-8c1e-5d0e-9a53-3c2b1f0d7e41")
+NAMESPACE: Final = uuid.UUID("6f1c1f52-8c1e-5d0e-9a53-3c2b1f0d7e41")
 
-_NS_BYTES = NAMESPACE.bytes
+_NS_BYTES: Final = NAMESPACE.bytes
 
 
-_NS_SHA1 = hashlib.sha1(_NS_BYTES, usedforsecurity=False)
-_VARIANT: dict[str, str] = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_NS_SHA1: Final = hashlib.sha1(_NS_BYTES, usedforsecurity=False)
+_VARIANT: Final[dict[str, str]] = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 # The counter part of message-scoped ids, formatted once (a constant table, not a cache of anything).
-_COUNTERS: list[str] = [f"{i:08x}" for i in range(256)]
+_COUNTERS: Final[list[str]] = [f"{i:08x}" for i in range(256)]
 
 
 def uuid5_str(name: str) -> str:
@@ -45,14 +45,14 @@ def _uuid5_from(state: Any, tail: str) -> str:
 
 
 # Per-source SHA-1 prefix states (keyed by the configured source name, not by message content; bounded).
-_SOURCE_STATES: dict[str, Any] = {}
+_SOURCE_STATES: Final[dict[str, Any]] = {}
 
 
 # PL components (0-based) that name a location without PL.9, in the order they are joined.
-_PL_NAME_PARTS: tuple[int, ...] = (3, 6, 7, 0, 1, 2)
+_PL_NAME_PARTS: Final[tuple[int, ...]] = (3, 6, 7, 0, 1, 2)
 
 # Resources that are "what the message is about" (MessageHeader.focus).
-SUPPORTING = frozenset({"Practitioner", "Organization", "Location", "Provenance", "MessageHeader", "Device"})
+SUPPORTING: Final = frozenset({"Practitioner", "Organization", "Location", "Provenance", "MessageHeader", "Device"})
 
 
 class Ctx:

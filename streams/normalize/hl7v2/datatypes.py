@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from calendar import monthrange
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from schemas.hl7v2.parser import Rep
@@ -37,7 +37,7 @@ __all__ = [
 # Identifier/coding namespaces with no OID/URI (CX.4.1 "HOSP", CWE-3 "99ZZZ") get a
 # system under this base; the IG leaves local namespaces to a site naming-system
 # registry, so it's deliberately a urn a deployment can recognise and rewrite.
-LOCAL_SYSTEM_BASE = "urn:clinstream:v2:ns:"
+LOCAL_SYSTEM_BASE: Final = "urn:clinstream:v2:ns:"
 
 
 class DataTypeError(ValueError):
@@ -45,12 +45,12 @@ class DataTypeError(ValueError):
 
 
 # Fraction digits without the dot ("2004062916460000") are a common sender quirk: accepted.
-_TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.?\d{1,4})?([+-]\d{4})?")
+_TS: Final = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.?\d{1,4})?([+-]\d{4})?")
 
 
-_TS_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
-_MONTHS = frozenset(f"{m:02d}" for m in range(1, 13))
-_MONTHS_30 = frozenset({"04", "06", "09", "11"})
+_TS_LENGTHS: Final = frozenset({4, 6, 8, 10, 12, 14})
+_MONTHS: Final = frozenset(f"{m:02d}" for m in range(1, 13))
+_MONTHS_30: Final = frozenset({"04", "06", "09", "11"})
 
 
 def _split_ts(value: str) -> tuple[str, ...] | None:
@@ -132,9 +132,9 @@ def _fhir_tz(tz: str, default_tz: str) -> str:
 # What the fast path accepts, as sets of digit strings: one slice and one set lookup per check
 # (cheaper than comparing two-digit slices one by one, compiled or not).  Days 29-31 are left to the
 # general path (month lengths, leap years).
-_MMDD_1_28 = frozenset(f"{m:02d}{d:02d}" for m in range(1, 13) for d in range(1, 29))
-_HOURS = frozenset(f"{h:02d}" for h in range(24))
-_SIXTY = frozenset(f"{m:02d}" for m in range(60))
+_MMDD_1_28: Final = frozenset(f"{m:02d}{d:02d}" for m in range(1, 13) for d in range(1, 29))
+_HOURS: Final = frozenset(f"{h:02d}" for h in range(24))
+_SIXTY: Final = frozenset(f"{m:02d}" for m in range(60))
 
 
 def _valid_time(v: str, n: int) -> bool:
@@ -281,8 +281,8 @@ def _hd_system_raw(raw: str, rep: Rep) -> str | None:
 # namespace-only HD and by all three parts otherwise.  Assigning authorities are a finite
 # vocabulary (a site's facilities and registries), so the memos are bounded, not keyed by patient
 # data; they hold strings only, nothing a caller could mutate.
-_NS_SYSTEMS: dict[str, str] = {}
-_HD_SYSTEMS: dict[tuple[str, str, str], str] = {}
+_NS_SYSTEMS: Final[dict[str, str]] = {}
+_HD_SYSTEMS: Final[dict[tuple[str, str, str], str]] = {}
 
 
 def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
@@ -316,7 +316,7 @@ def _hd_system_uncached(namespace: str, universal: str, kind: str) -> str | None
     return None
 
 
-_UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_UNRESERVED: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
 
 
 def quote_part(text: str) -> str:

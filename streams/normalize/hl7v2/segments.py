@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from schemas.hl7v2.errors import Hl7ParseError
 from schemas.hl7v2.parser import Rep, Segment
@@ -19,30 +19,30 @@ from streams.normalize.hl7v2.context import Ctx
 from streams.normalize.hl7v2.tables import V2, V3_ACT_CODE, V3_MARITAL, V3_ROLE_CODE, coding_system, lookup
 
 # Resource types that carry an ``note`` (Annotation) element NTE can land in.
-_NOTE_TARGETS = frozenset(
+_NOTE_TARGETS: Final = frozenset(
     {"Observation", "ServiceRequest", "Immunization", "Procedure", "Condition",
      "AllergyIntolerance", "MedicationRequest", "MedicationDispense", "Specimen"}
 )
-_CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
-_CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-_CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-_ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
-_SUBSCRIBER_RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
-_RESULT_MESSAGES = frozenset({"ORU", "OUL", "OSU", "ORL", "MDM"})
-_MERGE_PATIENT_EVENTS = frozenset({"A18", "A30", "A34", "A35", "A36", "A39", "A40", "A46", "A47", "A48", "A49"})
-_MERGE_ACCOUNT_EVENTS = frozenset({"A41", "A42", "A44"})
-_MERGE_VISIT_EVENTS = frozenset({"A45", "A50", "A51"})
+_CONDITION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
+_CONDITION_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+_CONDITION_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+_ALLERGY_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+_SUBSCRIBER_RELATIONSHIP: Final = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
+_RESULT_MESSAGES: Final = frozenset({"ORU", "OUL", "OSU", "ORL", "MDM"})
+_MERGE_PATIENT_EVENTS: Final = frozenset({"A18", "A30", "A34", "A35", "A36", "A39", "A40", "A46", "A47", "A48", "A49"})
+_MERGE_ACCOUNT_EVENTS: Final = frozenset({"A41", "A42", "A44"})
+_MERGE_VISIT_EVENTS: Final = frozenset({"A45", "A50", "A51"})
 # Field tables of the segment maps, as module constants (a tuple literal in a loop header is
 # rebuilt and, compiled, iterated generically on every call).
-_ORDER_ID_FIELDS: tuple[tuple[int, str], ...] = ((2, "PLAC"), (3, "FILL"))  # ORC/OBR placer, filler
-_PV1_LOCATIONS: tuple[tuple[int, str, bool], ...] = (  # field, Encounter.location status, temporary
+_ORDER_ID_FIELDS: Final[tuple[tuple[int, str], ...]] = ((2, "PLAC"), (3, "FILL"))  # ORC/OBR placer, filler
+_PV1_LOCATIONS: Final[tuple[tuple[int, str, bool], ...]] = (  # field, Encounter.location status, temporary
     (3, "active", False), (6, "completed", False), (11, "active", True), (42, "planned", False),
     (43, "completed", True))
-_PV1_PARTICIPANTS: tuple[tuple[int, str, str], ...] = (  # field, v3 ParticipationType code, display
+_PV1_PARTICIPANTS: Final[tuple[tuple[int, str, str], ...]] = (  # field, v3 ParticipationType code, display
     (7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"), (17, "ADM", "admitter"))
-_PV1_HOSPITALIZATION: tuple[tuple[int, str, str], ...] = (  # field, Encounter.hospitalization key, table
+_PV1_HOSPITALIZATION: Final[tuple[tuple[int, str, str], ...]] = (  # field, Encounter.hospitalization key, table
     (13, "reAdmission", "0092"), (14, "admitSource", "0023"), (36, "dischargeDisposition", "0112"))
-_SIU_STATUS = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled", "S16": "cancelled",
+_SIU_STATUS: Final = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled", "S16": "cancelled",
                "S17": "entered-in-error", "S26": "noshow"}
 
 
@@ -1323,7 +1323,7 @@ class Mapper:
 
 
 # Segment id → unbound mapper method, built once.
-_HANDLERS: dict[str, Callable[[Mapper, Segment], None]] = {
+_HANDLERS: Final[dict[str, Callable[[Mapper, Segment], None]]] = {
     name[4:]: getattr(Mapper, name) for name in dir(Mapper) if name.startswith("seg_")
 }
 
