@@ -137,11 +137,6 @@ _HOURS: Final = frozenset(f"{h:02d}" for h in range(24))
 _SIXTY: Final = frozenset(f"{m:02d}" for m in range(60))
 
 
-def _valid_time(v: str, n: int) -> bool:
-    """The HHMM or HHMMSS (n = 12 / 14) after the date of ``v``: hour ≤ 23, minute and second ≤ 59."""
-    return v[8:10] in _HOURS and v[10:12] in _SIXTY and (n == 12 or v[12:14] in _SIXTY)
-
-
 def _fast_tz(v: str) -> str | None:
     """FHIR offset of the ``+ZZZZ``/``-ZZZZ`` that ends ``v``, None to decline (not an offset, out of range)."""
     tz = v[-5:]
@@ -173,7 +168,8 @@ def _fast_datetime(value: str, default_tz: str, need_seconds: bool) -> str | Non
     if n != 14 and (n != 12 or need_seconds):
         return None
     body = value[:n]
-    if not (body.isdigit() and body.isascii()) or body[4:8] not in _MMDD_1_28 or not _valid_time(body, n):
+    if not (body.isdigit() and body.isascii()) or body[4:8] not in _MMDD_1_28 or body[8:10] not in _HOURS \
+            or body[10:12] not in _SIXTY or (n == 14 and body[12:14] not in _SIXTY):
         return None
     tz = _fast_tz(value) if n != len(value) else default_tz
     if tz is None:
