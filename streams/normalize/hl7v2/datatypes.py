@@ -129,26 +129,23 @@ def _fhir_tz(tz: str, default_tz: str) -> str:
     return "Z" if tz in ("+0000", "-0000") else f"{tz[:3]}:{tz[3:]}"
 
 
-# What the fast path accepts, as sets of digit strings: one slice and one set lookup per check
-# (cheaper than comparing two-digit slices one by one, compiled or not).  Days 29-31 are left to the
-# general path (month lengths, leap years).
-_MMDD_1_28: Final = frozenset(f"{m:02d}{d:02d}" for m in range(1, 13) for d in range(1, 29))
-_HOURS: Final = frozenset(f"{h:02d}" for h in range(24))
-_SIXTY: Final = frozenset(f"{m:02d}" for m in range(60))
+# Offset suffix (±ZZZZ) → FHIR offset, "" where the fast path declines it.  Offsets are a finite
+# vocabulary (a few per sending site), so the memo is bounded and holds strings only.
+_OFFSETS: Final[dict[str, str]] = {}
 
 
-def _fast_tz(v: str) -> str | None:
-    """FHIR offset of the ``+ZZZZ``/``-ZZZZ`` that ends ``v``, None to decline (not an offset, out of range)."""
-    tz = v[-5:]
-    sign = tz[0]
-    if sign != "+" and sign != "-":
-        return None
-    hh, mm = tz[1:3], tz[3:5]
-    if not (hh.isdigit() and mm.isdigit() and tz.isascii()) or hh > "14" or mm > "59":
-        return None
-    if hh == "00" and mm == "00":
-        return "Z"
-    return f"{tz[:3]}:{mm}"
+def _fast_tz(tz: str) -> str:
+    """FHIR offset of the suffix ``tz`` (``+ZZZZ``/``-ZZZZ``), ``""`` to decline (not an offset, out of range)."""
+    hit = _OFFSETS.get(tz)
+    if hit is None:
+        hit = ""
+        sign, hh, mm = tz[0], tz[1:3], tz[3:5]
+        if (sign == "+" or sign == "-") and hh.isdigit() and mm.isdigit() and tz.isascii() and hh <= "14" \
+                and mm <= "59":
+            hit = "Z" if hh == "00" and mm == "00" else f"{tz[:3]}:{mm}"
+        if len(_OFFSETS) < MEMO_MAX:
+            _OFFSETS[tz] = hit
+    return hit
 
 
 def _fast_datetime(value: str, default_tz: str, need_seconds: bool) -> str | None:
@@ -156,25 +153,42 @@ def _fast_datetime(value: str, default_tz: str, need_seconds: bool) -> str | Non
 
     Returns None whenever the value is anything else (other precisions, fractions, blanks,
     day 29-31, invalid or non-ASCII digits): the general path then decides, and raises the errors,
-    so this only ever returns what it would have returned.
+    so this only ever returns what it would have returned.  Ranges are checked on character codes
+    (ASCII digits once isdigit/isascii said so): compiled, that reads characters without
+    allocating the two-digit slices.
     """
     n = len(value)
-    if n > 14:
-        n -= 5  # a ±ZZZZ suffix, checked by _fast_tz
-    if n == 8 and not need_seconds:
-        if len(value) != 8 or not (value.isdigit() and value.isascii()) or value[4:8] not in _MMDD_1_28:
+    if n == 8:
+        if need_seconds or not (value.isdigit() and value.isascii()):
+            return None
+        month = ord(value[4]) * 10 + ord(value[5]) - 528  # 528 == 11 * ord("0")
+        day = ord(value[6]) * 10 + ord(value[7]) - 528
+        if not (1 <= month <= 12 and 1 <= day <= 28):
             return None
         return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
+    tz = default_tz
+    if n > 14:
+        n -= 5
+        tz = _fast_tz(value[n:])
+        if not tz:
+            return None
     if n != 14 and (n != 12 or need_seconds):
         return None
-    body = value[:n]
-    if not (body.isdigit() and body.isascii()) or body[4:8] not in _MMDD_1_28 or body[8:10] not in _HOURS \
-            or body[10:12] not in _SIXTY or (n == 14 and body[12:14] not in _SIXTY):
+    body = value[:n] if n != len(value) else value
+    if not (body.isdigit() and body.isascii()):
         return None
-    tz = _fast_tz(value) if n != len(value) else default_tz
-    if tz is None:
+    month = ord(body[4]) * 10 + ord(body[5]) - 528
+    day = ord(body[6]) * 10 + ord(body[7]) - 528
+    hour = ord(body[8]) * 10 + ord(body[9]) - 528
+    minute = ord(body[10]) * 10 + ord(body[11]) - 528
+    if not (1 <= month <= 12 and 1 <= day <= 28 and hour <= 23 and minute <= 59):
         return None
-    second = body[12:14] if n == 14 else "00"
+    if n == 14:
+        if ord(body[12]) * 10 + ord(body[13]) - 528 > 59:
+            return None
+        second = body[12:14]
+    else:
+        second = "00"
     return f"{body[:4]}-{body[4:6]}-{body[6:8]}T{body[8:10]}:{body[10:12]}:{second}{tz}"
 
 
@@ -206,8 +220,10 @@ def _format_dt(parts: tuple[str, ...], default_tz: str) -> str:
 
 def date(value: str) -> str | None:
     """DT/DTM → FHIR date (time part dropped, precision kept)."""
-    if len(value) == 8 and value.isdigit() and value.isascii() and value[4:8] in _MMDD_1_28:
-        return f"{value[:4]}-{value[4:6]}-{value[6:8]}"  # the common YYYYMMDD (see _fast_datetime)
+    if len(value) == 8:
+        fast = _fast_datetime(value, "", False)  # the common YYYYMMDD: a date either way
+        if fast is not None:
+            return fast
     parts = _split_ts(value)
     if parts is None:
         return None
