@@ -87,17 +87,13 @@ def convert_message(
         if system:
             ident["system"] = system
         bundle["identifier"] = ident
-    sent = _safe(lambda: dt.instant(msg.msh.get(7), default_tz), msg.msh, 7)
+    try:  # no lambda: compiled, a closure would move convert_message's locals into an environment object
+        sent = dt.instant(msg.msh.get(7), default_tz)
+    except dt.DataTypeError as exc:
+        raise Hl7ParseError(str(exc), segment_index=msg.msh.index, segment_id=msg.msh.id, field=7) from None
     if sent:
         bundle["timestamp"] = sent
     return bundle
-
-
-def _safe(fn: Any, seg: Segment, field: int) -> Any:
-    try:
-        return fn()
-    except dt.DataTypeError as exc:
-        raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=field) from None
 
 
 def _endpoint(hd_system: str | None, name: str, kind: str) -> str:

@@ -175,6 +175,12 @@ class Mapper:
         except dt.DataTypeError as exc:
             raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
+    def _padded_instant(self, seg: Segment, n: int) -> str | None:
+        try:
+            return dt.instant_padded(seg.get(n), self.ctx.default_tz)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
+
     def num(self, seg: Segment, n: int, rep: int = 0, comp: int = 1) -> int | float | None:
         value = seg.get(n, rep, comp)
         if not value:
@@ -481,9 +487,9 @@ class Mapper:
         ctx = self.ctx
         prov: dict[str, Any] = {"resourceType": "Provenance"}
         # Provenance.recorded is a mandatory instant: pad a less precise EVN-2/MSH-7.
-        recorded = self._wrap(seg, 2, lambda v: dt.instant_padded(v, ctx.default_tz), seg.get(2))
+        recorded = self._padded_instant(seg, 2)
         if recorded is None:
-            recorded = self._wrap(ctx.msg.msh, 7, lambda v: dt.instant_padded(v, ctx.default_tz), ctx.msg.msh.get(7))
+            recorded = self._padded_instant(ctx.msg.msh, 7)
         if recorded is None:
             return
         prov["recorded"] = recorded
@@ -1124,7 +1130,10 @@ class Mapper:
     def ts_instant(self, seg: Segment, n: int, value: str) -> str | None:
         if not value:
             return None
-        return self._wrap(seg, n, lambda v: dt.instant(v, self.ctx.default_tz), value)
+        try:
+            return dt.instant(value, self.ctx.default_tz)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def _resource_participant(self, actor: str | None, seg: Segment, role_field: int | None,
                               start_field: int) -> None:
