@@ -12,6 +12,10 @@ Python prefers an extension module over the ``.py`` next to it, even after the
 extensions exist (a source is newer than its extension, or
 ``CLINSTREAM_PURE_PYTHON`` is set) they load their modules from source with
 :func:`load_sources`.
+
+Module-level constants of these modules are annotated ``Final``: compiled, a
+``Final`` name is a C static (or an inlined literal), while any other global is
+a dictionary lookup in the module namespace on every read.
 """
 
 from __future__ import annotations

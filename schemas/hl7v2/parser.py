@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Final
 
 from schemas.hl7v2.errors import Hl7ParseError
 
@@ -35,15 +36,15 @@ __all__ = [
 ]
 
 # A hostile or broken sender must not be able to make us allocate without bound.
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BYTES: Final = 16 * 1024 * 1024
 
-_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_SEGMENT_ID: Final = re.compile(r"[A-Z][A-Z0-9]{2}")
 # Segment ids we've already validated; bounded by 26*36*36 entries.
-_VALID_IDS: set[str] = {"MSH", "PID", "PV1", "OBX", "OBR", "NTE", "EVN", "ORC", "NK1"}
+_VALID_IDS: Final[set[str]] = {"MSH", "PID", "PV1", "OBX", "OBR", "NTE", "EVN", "ORC", "NK1"}
 
 # MSH-18 (table 0211) → Python codec.  Anything ASCII-compatible is decoded
 # directly; unknown values fall back to UTF-8-then-latin-1.
-_CHARSETS: dict[str, str] = {
+_CHARSETS: Final[dict[str, str]] = {
     "ASCII": "ascii",
     "UNICODE UTF-8": "utf-8",
     "UTF-8": "utf-8",
@@ -71,7 +72,7 @@ _CHARSETS: dict[str, str] = {
 }
 
 # Formatting escapes (FT data type) that carry no text; \.br\ and \.sp\ become newlines.
-_DROP_ESCAPES = frozenset({"H", "N", ".fi", ".nf", ".ce"})
+_DROP_ESCAPES: Final = frozenset({"H", "N", ".fi", ".nf", ".ce"})
 
 
 def codec_for_charset(charset: str) -> str | None:
@@ -98,7 +99,7 @@ class Encoding:
         return f"Encoding({self.field!r}, {self.chars!r})"
 
 
-_ENCODING_CACHE: dict[str, Encoding] = {}
+_ENCODING_CACHE: Final[dict[str, Encoding]] = {}
 
 
 def read_encoding(first_segment: str, segment_index: int = 1) -> Encoding:
@@ -224,7 +225,7 @@ def escape(value: str, enc: Encoding) -> str:
     return value
 
 
-_PADS = [[""] * (20 - i) for i in range(20)]  # _PADS[n]: what pads an n-item list to 20
+_PADS: Final = [[""] * (20 - i) for i in range(20)]  # _PADS[n]: what pads an n-item list to 20
 class Rep:
     """One repetition of a field (or, via :meth:`part`, one component seen as a composite).
 
@@ -281,7 +282,7 @@ class Rep:
                 if ss is None or ss not in raw:
                     n = len(parts)
                     if n < 20:
-                        parts += _PADS[n]  # the raw components are the values: share the list
+                        parts.extend(_PADS[n])  # the raw components are the values: share the list
                     self._vals = parts
                     return parts
                 v = []
@@ -297,7 +298,7 @@ class Rep:
                         p = unescape(p, enc)
                     v.append(p)
             if len(v) < 20:
-                v += _PADS[len(v)]
+                v.extend(_PADS[len(v)])
             self._vals = v
         return v
 
@@ -334,7 +335,9 @@ class Rep:
 
 
 # The absent repetition, one per encoding (a Rep is never modified once built).
-_EMPTY_REPS: dict[Encoding, Rep] = {}
+_EMPTY_REPS: Final[dict[Encoding, Rep]] = {}
+# The repetitions of every absent field: one shared list (repetitions() lists are never mutated).
+_NO_REPS: Final[list[Rep]] = []
 
 
 class Segment:
@@ -348,7 +351,8 @@ class Segment:
         self.enc = enc
         self.index = index  # 1-based position in the message
         self._fields: list[str] | None = None
-        self._reps: dict[int, list[Rep]] | None = None  # built on the first repetitions() call
+        # Repetitions by field number, one slot per field, allocated on the first repetitions() call.
+        self._reps: list[list[Rep] | None] | None = None
 
     def fields(self) -> list[str]:
         """Raw fields with HL7 numbering: ``fields()[n]`` is field n (``[0]`` is the id)."""
@@ -373,17 +377,21 @@ class Segment:
     def repetitions(self, n: int) -> list[Rep]:
         """The repetitions of field n (cached: the same list on every call, don't mutate it)."""
         cache = self._reps
-        if cache is None:
-            cache = self._reps = {}
-        else:
-            reps = cache.get(n)
+        if cache is not None:
+            if not 0 <= n < len(cache):
+                return _NO_REPS
+            reps = cache[n]
             if reps is not None:
                 return reps
         f = self._fields if self._fields is not None else self.fields()
-        raw = f[n] if 0 <= n < len(f) else ""
+        if not 0 <= n < len(f):
+            return _NO_REPS
+        if cache is None:
+            cache = self._reps = [None] * len(f)
+        raw = f[n]
         if not raw:
-            reps = cache[n] = []
-            return reps
+            cache[n] = _NO_REPS
+            return _NO_REPS
         enc = self.enc
         if n <= 2 and self.id == "MSH":
             reps = [Rep(raw, enc, None, None)]
@@ -397,8 +405,8 @@ class Segment:
 
     def rep(self, n: int, i: int = 0) -> Rep:
         """Repetition ``i`` of field n; an empty Rep when absent (never raises)."""
-        cache = self._reps
-        reps = cache.get(n) if cache is not None else None
+        cache = self._reps  # the cached case inline: one call fewer when not compiled
+        reps = cache[n] if cache is not None and 0 <= n < len(cache) else None
         if reps is None:
             reps = self.repetitions(n)
         if 0 <= i < len(reps):

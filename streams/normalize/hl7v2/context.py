@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any
+from typing import Any, Final
 
 from schemas.hl7v2.parser import Message, Rep
 from streams.normalize.hl7v2 import datatypes as dt
 
 # Fixed namespace so ids are stable across processes and releases.
-NAMESPACE = uuid.UUID("6f1c1f52-8c1e-5d0e-9a53-3c2b1f0d7e41")
+NAMESPACE: Final = uuid.UUID("6f1c1f52-8c1e-5d0e-9a53-3c2b1f0d7e41")
 
-_NS_BYTES = NAMESPACE.bytes
+_NS_BYTES: Final = NAMESPACE.bytes
 
 
-_NS_SHA1 = hashlib.sha1(_NS_BYTES, usedforsecurity=False)
-_VARIANT: dict[str, str] = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_NS_SHA1: Final = hashlib.sha1(_NS_BYTES, usedforsecurity=False)
+_VARIANT: Final[dict[str, str]] = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 # The counter part of message-scoped ids, formatted once (a constant table, not a cache of anything).
-_COUNTERS: list[str] = [f"{i:08x}" for i in range(256)]
+_COUNTERS: Final[list[str]] = [f"{i:08x}" for i in range(256)]
 
 
 def uuid5_str(name: str) -> str:
@@ -45,11 +45,14 @@ def _uuid5_from(state: Any, tail: str) -> str:
 
 
 # Per-source SHA-1 prefix states (keyed by the configured source name, not by message content; bounded).
-_SOURCE_STATES: dict[str, Any] = {}
+_SOURCE_STATES: Final[dict[str, Any]] = {}
 
+
+# PL components (0-based) that name a location without PL.9, in the order they are joined.
+_PL_NAME_PARTS: Final[tuple[int, ...]] = (3, 6, 7, 0, 1, 2)
 
 # Resources that are "what the message is about" (MessageHeader.focus).
-SUPPORTING = frozenset({"Practitioner", "Organization", "Location", "Provenance", "MessageHeader", "Device"})
+SUPPORTING: Final = frozenset({"Practitioner", "Organization", "Location", "Provenance", "MessageHeader", "Device"})
 
 
 class Ctx:
@@ -90,6 +93,9 @@ class Ctx:
         # version nibble → 8 (custom), variant bits → 10xx; the 8 hex digits after it are the counter.
         self._id_prefix = f"{x[:8]}-{x[8:12]}-8{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:24]}"
         self._scoped_ids: dict[str, str] = {}
+        # XCN value → Practitioner reference ("" for none), for this message only: the same XCN
+        # (an attending doctor in PV1-7 and ORC-12, ...) maps to the same resource every time.
+        self._practitioners: dict[str, str] = {}
 
     # -- ids and registration -------------------------------------------------
     def make_id(self, key: str) -> str:
@@ -125,8 +131,15 @@ class Ctx:
     # -- shared resources -----------------------------------------------------
     def practitioner(self, rep: Rep) -> str | None:
         """XCN → Practitioner (de-duplicated on id + authority + name)."""
-        if not rep.raw:
+        raw = rep.raw
+        if not raw:
             return None
+        known = self._practitioners.get(raw)
+        if known is None:
+            known = self._practitioners[raw] = self._practitioner(rep) or ""
+        return known or None
+
+    def _practitioner(self, rep: Rep) -> str | None:
         res: dict[str, Any] = {"resourceType": "Practitioner"}
         v = rep.vals()  # v[i] == rep.get(i + 1)
         ident = v[0]
@@ -182,9 +195,15 @@ class Ctx:
         if not rep.raw:
             return None
         v = rep.vals()  # v[i] == rep.get(i + 1)
-        name = v[8] or " ".join(p for p in (v[3], v[6], v[7], v[0], v[1], v[2]) if p)  # facility, building,
-        if not name:  # floor, unit, room, bed
-            return None
+        name = v[8]
+        if not name:  # facility, building, floor, unit, room, bed
+            parts: list[str] = []
+            for i in _PL_NAME_PARTS:
+                if v[i]:
+                    parts.append(v[i])
+            if not parts:
+                return None
+            name = " ".join(parts)
         res: dict[str, Any] = {"resourceType": "Location", "name": name, "mode": "instance"}
         status = v[4]
         if status:

@@ -9,7 +9,7 @@ bundle is self-contained; a sink that wants a transaction can rewrite
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from schemas.hl7v2.errors import Hl7ParseError
 from schemas.hl7v2.parser import Message, Segment, parse_message
@@ -22,12 +22,12 @@ __all__ = ["SUPPORTED_MESSAGE_TYPES", "convert_message", "event_summary"]
 
 # Message types whose segments we know how to map; anything else is refused with
 # a typed error (ACK 200) instead of producing a half-empty bundle.
-SUPPORTED_MESSAGE_TYPES = frozenset(
+SUPPORTED_MESSAGE_TYPES: Final = frozenset(
     {"ADT", "ORU", "ORM", "OML", "OUL", "OMG", "OMP", "OMI", "ORL", "SIU", "MDM", "VXU", "BAR", "DFT", "RDE",
      "RDS", "RAS", "REF", "RRI", "PPR", "PPP", "PGL", "ORR", "RGV"}
 )
-_MESSAGE_TYPE_TAG = "http://terminology.hl7.org/CodeSystem/v2-0076"
-_PROCESSING_ID_TAG = "http://terminology.hl7.org/CodeSystem/v2-0103"
+_MESSAGE_TYPE_TAG: Final = "http://terminology.hl7.org/CodeSystem/v2-0076"
+_PROCESSING_ID_TAG: Final = "http://terminology.hl7.org/CodeSystem/v2-0103"
 
 
 def convert_message(
@@ -87,17 +87,13 @@ def convert_message(
         if system:
             ident["system"] = system
         bundle["identifier"] = ident
-    sent = _safe(lambda: dt.instant(msg.msh.get(7), default_tz), msg.msh, 7)
+    try:  # no lambda: compiled, a closure would move convert_message's locals into an environment object
+        sent = dt.instant(msg.msh.get(7), default_tz)
+    except dt.DataTypeError as exc:
+        raise Hl7ParseError(str(exc), segment_index=msg.msh.index, segment_id=msg.msh.id, field=7) from None
     if sent:
         bundle["timestamp"] = sent
     return bundle
-
-
-def _safe(fn: Any, seg: Segment, field: int) -> Any:
-    try:
-        return fn()
-    except dt.DataTypeError as exc:
-        raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=field) from None
 
 
 def _endpoint(hd_system: str | None, name: str, kind: str) -> str:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from calendar import monthrange
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from schemas.hl7v2.parser import Rep
-from streams.normalize.hl7v2.tables import V2, V3_INTERPRETATION, coding_system, lookup
+from streams.normalize.hl7v2.tables import MEMO_MAX, V2, V3_INTERPRETATION, coding_system, lookup
 
 __all__ = [
     "LOCAL_SYSTEM_BASE",
@@ -37,7 +37,7 @@ __all__ = [
 # Identifier/coding namespaces with no OID/URI (CX.4.1 "HOSP", CWE-3 "99ZZZ") get a
 # system under this base; the IG leaves local namespaces to a site naming-system
 # registry, so it's deliberately a urn a deployment can recognise and rewrite.
-LOCAL_SYSTEM_BASE = "urn:clinstream:v2:ns:"
+LOCAL_SYSTEM_BASE: Final = "urn:clinstream:v2:ns:"
 
 
 class DataTypeError(ValueError):
@@ -45,12 +45,12 @@ class DataTypeError(ValueError):
 
 
 # Fraction digits without the dot ("2004062916460000") are a common sender quirk: accepted.
-_TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.?\d{1,4})?([+-]\d{4})?")
+_TS: Final = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.?\d{1,4})?([+-]\d{4})?")
 
 
-_TS_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
-_MONTHS = frozenset(f"{m:02d}" for m in range(1, 13))
-_MONTHS_30 = frozenset({"04", "06", "09", "11"})
+_TS_LENGTHS: Final = frozenset({4, 6, 8, 10, 12, 14})
+_MONTHS: Final = frozenset(f"{m:02d}" for m in range(1, 13))
+_MONTHS_30: Final = frozenset({"04", "06", "09", "11"})
 
 
 def _split_ts(value: str) -> tuple[str, ...] | None:
@@ -129,12 +129,78 @@ def _fhir_tz(tz: str, default_tz: str) -> str:
     return "Z" if tz in ("+0000", "-0000") else f"{tz[:3]}:{tz[3:]}"
 
 
+# Offset suffix (±ZZZZ) → FHIR offset, "" where the fast path declines it.  Offsets are a finite
+# vocabulary (a few per sending site), so the memo is bounded and holds strings only.
+_OFFSETS: Final[dict[str, str]] = {}
+
+
+def _fast_tz(tz: str) -> str:
+    """FHIR offset of the suffix ``tz`` (``+ZZZZ``/``-ZZZZ``), ``""`` to decline (not an offset, out of range)."""
+    hit = _OFFSETS.get(tz)
+    if hit is None:
+        hit = ""
+        sign, hh, mm = tz[0], tz[1:3], tz[3:5]
+        if (sign == "+" or sign == "-") and hh.isdigit() and mm.isdigit() and tz.isascii() and hh <= "14" \
+                and mm <= "59":
+            hit = "Z" if hh == "00" and mm == "00" else f"{tz[:3]}:{mm}"
+        if len(_OFFSETS) < MEMO_MAX:
+            _OFFSETS[tz] = hit
+    return hit
+
+
+def _fast_datetime(value: str, default_tz: str, need_seconds: bool) -> str | None:
+    """The common shapes YYYYMMDD and YYYYMMDDHHMM[SS] (with or without ±ZZZZ) formatted by slicing.
+
+    Returns None whenever the value is anything else (other precisions, fractions, blanks,
+    day 29-31, invalid or non-ASCII digits): the general path then decides, and raises the errors,
+    so this only ever returns what it would have returned.  Ranges are checked on character codes
+    (ASCII digits once isdigit/isascii said so): compiled, that reads characters without
+    allocating the two-digit slices.
+    """
+    n = len(value)
+    if n == 8:
+        if need_seconds or not (value.isdigit() and value.isascii()):
+            return None
+        month = ord(value[4]) * 10 + ord(value[5]) - 528  # 528 == 11 * ord("0")
+        day = ord(value[6]) * 10 + ord(value[7]) - 528
+        if not (1 <= month <= 12 and 1 <= day <= 28):
+            return None
+        return f"{value[:4]}-{value[4:6]}-{value[6:8]}"
+    tz = default_tz
+    if n > 14:
+        n -= 5
+        tz = _fast_tz(value[n:])
+        if not tz:
+            return None
+    if n != 14 and (n != 12 or need_seconds):
+        return None
+    body = value[:n] if n != len(value) else value
+    if not (body.isdigit() and body.isascii()):
+        return None
+    month = ord(body[4]) * 10 + ord(body[5]) - 528
+    day = ord(body[6]) * 10 + ord(body[7]) - 528
+    hour = ord(body[8]) * 10 + ord(body[9]) - 528
+    minute = ord(body[10]) * 10 + ord(body[11]) - 528
+    if not (1 <= month <= 12 and 1 <= day <= 28 and hour <= 23 and minute <= 59):
+        return None
+    if n == 14:
+        if ord(body[12]) * 10 + ord(body[13]) - 528 > 59:
+            return None
+        second = body[12:14]
+    else:
+        second = "00"
+    return f"{body[:4]}-{body[4:6]}-{body[6:8]}T{body[8:10]}:{body[10:12]}:{second}{tz}"
+
+
 def datetime_(value: str, default_tz: str = "Z") -> str | None:
     """DTM/TS → FHIR dateTime, keeping the sender's precision and offset.
 
     FHIR requires an offset whenever a time is present; a v2 time without one is
     given ``default_tz`` (the source's configured zone, UTC unless set).
     """
+    fast = _fast_datetime(value, default_tz, False)
+    if fast is not None:
+        return fast
     parts = _split_ts(value)
     if parts is None:
         return None
@@ -154,6 +220,10 @@ def _format_dt(parts: tuple[str, ...], default_tz: str) -> str:
 
 def date(value: str) -> str | None:
     """DT/DTM → FHIR date (time part dropped, precision kept)."""
+    if len(value) == 8:
+        fast = _fast_datetime(value, "", False)  # the common YYYYMMDD: a date either way
+        if fast is not None:
+            return fast
     parts = _split_ts(value)
     if parts is None:
         return None
@@ -165,6 +235,9 @@ def date(value: str) -> str | None:
 
 def instant(value: str, default_tz: str = "Z") -> str | None:
     """DTM → FHIR instant, or None when the value is less precise than a second."""
+    fast = _fast_datetime(value, default_tz, True)
+    if fast is not None:
+        return fast
     parts = _split_ts(value)
     if parts is None or not parts[5]:
         return None
@@ -216,7 +289,32 @@ def _hd_system_raw(raw: str, rep: Rep) -> str | None:
     return _hd_system(v[0], v[1], v[2])
 
 
+# HD (assigning authority) → system URI ("" for None), by namespace alone for the usual
+# namespace-only HD and by all three parts otherwise.  Assigning authorities are a finite
+# vocabulary (a site's facilities and registries), so the memos are bounded, not keyed by patient
+# data; they hold strings only, nothing a caller could mutate.
+_NS_SYSTEMS: Final[dict[str, str]] = {}
+_HD_SYSTEMS: Final[dict[tuple[str, str, str], str]] = {}
+
+
 def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
+    if not universal and not kind:
+        hit = _NS_SYSTEMS.get(namespace)
+        if hit is None:
+            hit = _hd_system_uncached(namespace, universal, kind) or ""
+            if len(_NS_SYSTEMS) < MEMO_MAX:
+                _NS_SYSTEMS[namespace] = hit
+        return hit or None
+    key = (namespace, universal, kind)
+    hit = _HD_SYSTEMS.get(key)
+    if hit is None:
+        hit = _hd_system_uncached(namespace, universal, kind) or ""
+        if len(_HD_SYSTEMS) < MEMO_MAX:
+            _HD_SYSTEMS[key] = hit
+    return hit or None
+
+
+def _hd_system_uncached(namespace: str, universal: str, kind: str) -> str | None:
     kind = kind.upper()
     if universal:
         if kind in ("ISO", "HL7") or (not kind and universal[:1].isdigit() and "." in universal):
@@ -230,7 +328,7 @@ def _hd_system(namespace: str, universal: str, kind: str) -> str | None:
     return None
 
 
-_UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_UNRESERVED: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
 
 
 def quote_part(text: str) -> str:
@@ -313,12 +411,32 @@ def human_name(rep: Rep, *, xcn: bool = False) -> dict[str, Any] | None:
     name: dict[str, Any] = {}
     if family:
         name["family"] = family
+    # Explicit appends, not comprehensions over tuple literals (compiled, those box and iterate
+    # the tuple generically).
+    given: list[str] = []
+    suffix: list[str] = []
     if xcn:
-        given = [g for g in (v[2], v[3]) if g]
-        suffix = [s for s in (v[4], v[6]) if s]
+        if v[2]:
+            given.append(v[2])
+        if v[3]:
+            given.append(v[3])
+        if v[4]:
+            suffix.append(v[4])
+        if v[6]:
+            suffix.append(v[6])
     else:
-        given = [g for g in (v[1], v[2], v[14]) if g]
-        suffix = [s for s in (v[3], v[5], v[13]) if s]
+        if v[1]:
+            given.append(v[1])
+        if v[2]:
+            given.append(v[2])
+        if v[14]:
+            given.append(v[14])
+        if v[3]:
+            suffix.append(v[3])
+        if v[5]:
+            suffix.append(v[5])
+        if v[13]:
+            suffix.append(v[13])
     if given:
         name["given"] = given
     if suffix:
@@ -334,10 +452,10 @@ def human_name(rep: Rep, *, xcn: bool = False) -> dict[str, Any] | None:
             name["use"] = use
         start, end = date(v[11]) if v[11] else None, date(v[12]) if v[12] else None
         if not (start or end) and v[9]:
-            period = rep.part(10)
-            start, end = date(period.get(1)), date(period.get(2))
+            span = rep.part(10)
+            start, end = date(span.get(1)), date(span.get(2))
         if start or end:
-            name["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+            name["period"] = period(start, end)
     return name
 
 
@@ -348,11 +466,18 @@ def address(rep: Rep) -> dict[str, Any] | None:
     v = rep.vals()  # v[i] == rep.get(i + 1)
     # SAD.1 street, SAD.2 street name, SAD.3 dwelling number, XAD.2 other designation,
     # XAD.19 addressee-style extra line: each a line, in that order.
+    lines: list[str] = []
+    if v[0]:
+        lines.append(v[0])
     if rep.subsep is not None and rep.subsep in rep.raw_comp(1):
         sad = rep.part(1)
-        lines = [line for line in (v[0], sad.get(2), sad.get(3), v[1], v[18]) if line]
-    else:
-        lines = [line for line in (v[0], v[1], v[18]) if line]
+        for line in (sad.get(2), sad.get(3)):
+            if line:
+                lines.append(line)
+    if v[1]:
+        lines.append(v[1])
+    if v[18]:
+        lines.append(v[18])
     out: dict[str, Any] = {}
     if lines:
         out["line"] = lines
@@ -374,8 +499,8 @@ def address(rep: Rep) -> dict[str, Any] | None:
         start, end = rep.get(12, 1), rep.get(12, 2)
     start_d, end_d = date(start) if start else None, date(end) if end else None
     if start_d or end_d:
-        out["period"] = {k: v for k, v in (("start", start_d), ("end", end_d)) if v}
-    if not out or set(out) <= {"use", "type"}:
+        out["period"] = period(start_d, end_d)
+    if len(out) == ("use" in out) + ("type" in out):  # nothing but use/type (or nothing at all)
         return None
     return out
 
@@ -424,7 +549,7 @@ def identifier(rep: Rep) -> dict[str, Any] | None:
     start = date(v[6]) if v[6] else None
     end = date(v[7]) if v[7] else None
     if start or end:
-        out["period"] = {k: x for k, x in (("start", start), ("end", end)) if x}
+        out["period"] = period(start, end)
     namespace = v[3]
     if namespace and not rep.get(4, 2):
         out["assigner"] = {"display": namespace}
@@ -482,4 +607,9 @@ def quantity(value: int | float, unit_rep: Rep | None) -> dict[str, Any]:
 def period(start: str | None, end: str | None) -> dict[str, str] | None:
     if not start and not end:
         return None
-    return {k: v for k, v in (("start", start), ("end", end)) if v}
+    out: dict[str, str] = {}
+    if start:
+        out["start"] = start
+    if end:
+        out["end"] = end
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from schemas.hl7v2.errors import Hl7ParseError
 from schemas.hl7v2.parser import Rep, Segment
@@ -19,20 +19,30 @@ from streams.normalize.hl7v2.context import Ctx
 from streams.normalize.hl7v2.tables import V2, V3_ACT_CODE, V3_MARITAL, V3_ROLE_CODE, coding_system, lookup
 
 # Resource types that carry an ``note`` (Annotation) element NTE can land in.
-_NOTE_TARGETS = frozenset(
+_NOTE_TARGETS: Final = frozenset(
     {"Observation", "ServiceRequest", "Immunization", "Procedure", "Condition",
      "AllergyIntolerance", "MedicationRequest", "MedicationDispense", "Specimen"}
 )
-_CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
-_CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-_CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-_ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
-_SUBSCRIBER_RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
-_RESULT_MESSAGES = frozenset({"ORU", "OUL", "OSU", "ORL", "MDM"})
-_MERGE_PATIENT_EVENTS = frozenset({"A18", "A30", "A34", "A35", "A36", "A39", "A40", "A46", "A47", "A48", "A49"})
-_MERGE_ACCOUNT_EVENTS = frozenset({"A41", "A42", "A44"})
-_MERGE_VISIT_EVENTS = frozenset({"A45", "A50", "A51"})
-_SIU_STATUS = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled", "S16": "cancelled",
+_CONDITION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
+_CONDITION_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+_CONDITION_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+_ALLERGY_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+_SUBSCRIBER_RELATIONSHIP: Final = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
+_RESULT_MESSAGES: Final = frozenset({"ORU", "OUL", "OSU", "ORL", "MDM"})
+_MERGE_PATIENT_EVENTS: Final = frozenset({"A18", "A30", "A34", "A35", "A36", "A39", "A40", "A46", "A47", "A48", "A49"})
+_MERGE_ACCOUNT_EVENTS: Final = frozenset({"A41", "A42", "A44"})
+_MERGE_VISIT_EVENTS: Final = frozenset({"A45", "A50", "A51"})
+# Field tables of the segment maps, as module constants (a tuple literal in a loop header is
+# rebuilt and, compiled, iterated generically on every call).
+_ORDER_ID_FIELDS: Final[tuple[tuple[int, str], ...]] = ((2, "PLAC"), (3, "FILL"))  # ORC/OBR placer, filler
+_PV1_LOCATIONS: Final[tuple[tuple[int, str, bool], ...]] = (  # field, Encounter.location status, temporary
+    (3, "active", False), (6, "completed", False), (11, "active", True), (42, "planned", False),
+    (43, "completed", True))
+_PV1_PARTICIPANTS: Final[tuple[tuple[int, str, str], ...]] = (  # field, v3 ParticipationType code, display
+    (7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"), (17, "ADM", "admitter"))
+_PV1_HOSPITALIZATION: Final[tuple[tuple[int, str, str], ...]] = (  # field, Encounter.hospitalization key, table
+    (13, "reAdmission", "0092"), (14, "admitSource", "0023"), (36, "dischargeDisposition", "0112"))
+_SIU_STATUS: Final = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled", "S16": "cancelled",
                "S17": "entered-in-error", "S26": "noshow"}
 
 
@@ -46,10 +56,48 @@ def _collect(fn: Callable[[Rep], Any], reps: list[Rep]) -> list[Any]:
     return out
 
 
-def _collect_with(fn: Callable[[Rep, Any], Any], reps: list[Rep], arg: Any) -> list[Any]:
-    out = []
+# The mapped, non-empty repetitions of a field, one helper per data type: compiled, a direct call
+# of the mapper instead of calling a function object through the Python call protocol.
+def _identifiers(reps: list[Rep]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for r in reps:
-        x = fn(r, arg)
+        x = dt.identifier(r)
+        if x:
+            out.append(x)
+    return out
+
+
+def _names(reps: list[Rep]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in reps:
+        x = dt.human_name(r)
+        if x:
+            out.append(x)
+    return out
+
+
+def _addresses(reps: list[Rep]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in reps:
+        x = dt.address(r)
+        if x:
+            out.append(x)
+    return out
+
+
+def _telecoms(reps: list[Rep], default_use: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in reps:
+        x = dt.contact_point(r, default_use)
+        if x:
+            out.append(x)
+    return out
+
+
+def _codeables(reps: list[Rep]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for r in reps:
+        x = dt.codeable(r)
         if x:
             out.append(x)
     return out
@@ -127,6 +175,12 @@ class Mapper:
         except dt.DataTypeError as exc:
             raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
+    def _padded_instant(self, seg: Segment, n: int) -> str | None:
+        try:
+            return dt.instant_padded(seg.get(n), self.ctx.default_tz)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
+
     def num(self, seg: Segment, n: int, rep: int = 0, comp: int = 1) -> int | float | None:
         value = seg.get(n, rep, comp)
         if not value:
@@ -149,7 +203,7 @@ class Mapper:
         return dt.codeable(reps[rep]) if 0 <= rep < len(reps) else None  # codeable(absent) is None
 
     def ccs(self, seg: Segment, n: int) -> list[dict[str, Any]]:
-        return _collect(dt.codeable, seg.repetitions(n))
+        return _codeables(seg.repetitions(n))
 
     def practitioners(self, seg: Segment, n: int) -> list[str]:
         out: list[str] = []
@@ -174,21 +228,24 @@ class Mapper:
     # -- patient administration ---------------------------------------------
     def seg_PID(self, seg: Segment) -> None:
         ctx = self.ctx
-        idents = _collect(dt.identifier, seg.repetitions(3))
-        idents += _collect(dt.identifier, seg.repetitions(2))  # v2.3 external id
-        idents += _collect(dt.identifier, seg.repetitions(4))  # alternate id
+        idents = _identifiers(seg.repetitions(3))
+        idents += _identifiers(seg.repetitions(2))  # v2.3 external id
+        idents += _identifiers(seg.repetitions(4))  # alternate id
         ssn = seg.get(19)
         if ssn:
-            idents.append(dt.typed_identifier(ssn, "SS", "http://hl7.org/fhir/sid/us-ssn"))
+            ssn_ident = dt.typed_identifier(ssn, "SS", "http://hl7.org/fhir/sid/us-ssn")
+            if ssn_ident:
+                idents.append(ssn_ident)
         dl = seg.rep(20)
         if dl.get(1):
             ident = dt.typed_identifier(dl.get(1), "DL", dt.local_system(dl.get(2)) if dl.get(2) else None)
-            if ident and dl.get(3):
-                ident["period"] = {"end": self.day(seg, 20, 0, 3)}
-            idents.append(ident)
+            if ident:
+                if dl.get(3):
+                    ident["period"] = {"end": self.day(seg, 20, 0, 3)}
+                idents.append(ident)
         patient: dict[str, Any] = {"resourceType": "Patient"}
-        patient["identifier"] = [i for i in idents if i]
-        patient["name"] = _collect(dt.human_name, seg.repetitions(5))
+        patient["identifier"] = idents
+        patient["name"] = _names(seg.repetitions(5))
         mother = seg.rep(6)
         if mother.raw:
             maiden = dt.human_name(mother)
@@ -202,9 +259,9 @@ class Mapper:
         gender = lookup("0001-gender", seg.get(8))
         if gender:
             patient["gender"] = gender
-        patient["address"] = _collect(dt.address, seg.repetitions(11))
-        telecom = _collect_with(dt.contact_point, seg.repetitions(13), "home")
-        telecom += _collect_with(dt.contact_point, seg.repetitions(14), "work")
+        patient["address"] = _addresses(seg.repetitions(11))
+        telecom = _telecoms(seg.repetitions(13), "home")
+        telecom += _telecoms(seg.repetitions(14), "work")
         patient["telecom"] = telecom
         language = dt.codeable(seg.rep(15))
         if language:
@@ -239,7 +296,7 @@ class Mapper:
         ref = ctx.add(_drop_empty(patient), key, scoped=key.startswith("msg|"))
         ctx.patient = ref
         self.last = ref
-        mothers = _collect(dt.identifier, seg.repetitions(21))
+        mothers = _identifiers(seg.repetitions(21))
         if mothers:
             mother_rp = {"resourceType": "RelatedPerson", "patient": {"reference": ref}, "identifier": mothers,
                          "relationship": [{"coding": [{"system": V3_ROLE_CODE, "code": "MTH",
@@ -273,12 +330,12 @@ class Mapper:
                    "identifier": [dt.identifier(seg.rep(5))], "subject": self.subject()}
             self.last = ctx.add(_drop_empty(enc), f"prior-visit|{seg.field(5)}")
             return
-        idents = _collect(dt.identifier, seg.repetitions(1))
-        idents += _collect(dt.identifier, seg.repetitions(4))
+        idents = _identifiers(seg.repetitions(1))
+        idents += _identifiers(seg.repetitions(4))
         if not idents:
             return
         prior: dict[str, Any] = {"resourceType": "Patient", "active": False, "identifier": idents}
-        names = _collect(dt.human_name, seg.repetitions(7))
+        names = _names(seg.repetitions(7))
         if names:
             prior["name"] = names
         if ctx.patient:
@@ -294,7 +351,7 @@ class Mapper:
         if not ctx.patient:
             return
         rp: dict[str, Any] = {"resourceType": "RelatedPerson", "patient": {"reference": ctx.patient}}
-        rp["name"] = _collect(dt.human_name, seg.repetitions(2))
+        rp["name"] = _names(seg.repetitions(2))
         rels = []
         for n in (3, 7):
             rep = seg.rep(n)
@@ -310,16 +367,16 @@ class Mapper:
                 coding["display"] = rep.get(2)
             rels.append({"coding": [coding]})
         rp["relationship"] = rels
-        rp["address"] = _collect(dt.address, seg.repetitions(4))
-        telecom = _collect_with(dt.contact_point, seg.repetitions(5), "home")
-        telecom += _collect_with(dt.contact_point, seg.repetitions(6), "work")
+        rp["address"] = _addresses(seg.repetitions(4))
+        telecom = _telecoms(seg.repetitions(5), "home")
+        telecom += _telecoms(seg.repetitions(6), "work")
         rp["telecom"] = telecom
         rp["period"] = dt.period(self.day(seg, 8), self.day(seg, 9))
         gender = lookup("0001-gender", seg.get(15))
         if gender:
             rp["gender"] = gender
         rp["birthDate"] = self.day(seg, 16)
-        rp["identifier"] = _collect(dt.identifier, seg.repetitions(33))
+        rp["identifier"] = _identifiers(seg.repetitions(33))
         language = dt.codeable(seg.rep(20))
         if language:
             rp["communication"] = [{"language": language}]
@@ -357,8 +414,7 @@ class Mapper:
         enc["subject"] = self.subject()
         enc["period"] = dt.period(start, end)
         locations = []
-        for n, loc_status, temporary in ((3, "active", False), (6, "completed", False), (11, "active", True),
-                                         (42, "planned", False), (43, "completed", True)):
+        for n, loc_status, temporary in _PV1_LOCATIONS:
             if n >= nf or not f[n]:
                 continue
             ref = ctx.location(seg.rep(n))
@@ -371,8 +427,7 @@ class Mapper:
                 locations.append(entry)
         enc["location"] = locations
         participants = []
-        for n, code, display in ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
-                                 (17, "ADM", "admitter")):
+        for n, code, display in _PV1_PARTICIPANTS:
             if n >= nf or not f[n]:
                 continue
             for ref in self.practitioners(seg, n):
@@ -386,8 +441,7 @@ class Mapper:
         pre = dt.identifier(seg.rep(5)) if nf > 5 and f[5] else None
         if pre:
             hosp["preAdmissionIdentifier"] = pre
-        for n, key, table_id in ((13, "reAdmission", "0092"), (14, "admitSource", "0023"),
-                                 (36, "dischargeDisposition", "0112")):
+        for n, key, table_id in _PV1_HOSPITALIZATION:
             code = seg.get(n)
             if code:
                 hosp[key] = {"coding": [dt.table_coding(code, table_id)]}
@@ -433,9 +487,9 @@ class Mapper:
         ctx = self.ctx
         prov: dict[str, Any] = {"resourceType": "Provenance"}
         # Provenance.recorded is a mandatory instant: pad a less precise EVN-2/MSH-7.
-        recorded = self._wrap(seg, 2, lambda v: dt.instant_padded(v, ctx.default_tz), seg.get(2))
+        recorded = self._padded_instant(seg, 2)
         if recorded is None:
-            recorded = self._wrap(ctx.msg.msh, 7, lambda v: dt.instant_padded(v, ctx.default_tz), ctx.msg.msh.get(7))
+            recorded = self._padded_instant(ctx.msg.msh, 7)
         if recorded is None:
             return
         prov["recorded"] = recorded
@@ -589,10 +643,10 @@ class Mapper:
             rp: dict[str, Any] = {
                 "resourceType": "RelatedPerson",
                 "patient": {"reference": ctx.patient},
-                "name": _collect(dt.human_name, seg.repetitions(3)),
-                "address": _collect(dt.address, seg.repetitions(5)),
-                "telecom": _collect_with(dt.contact_point, seg.repetitions(6), "home"),
-                "identifier": _collect(dt.identifier, seg.repetitions(2)),
+                "name": _names(seg.repetitions(3)),
+                "address": _addresses(seg.repetitions(5)),
+                "telecom": _telecoms(seg.repetitions(6), "home"),
+                "identifier": _identifiers(seg.repetitions(2)),
             }
             if rel:
                 role = lookup("0063", rel)
@@ -631,12 +685,17 @@ class Mapper:
 
     def _order_identifiers(self, orc: Segment | None, obr: Segment | None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for seg, placer, filler in ((orc, 2, 3), (obr, 2, 3)):
+        for seg in (orc, obr):
             if seg is None:
                 continue
-            for n, code in ((placer, "PLAC"), (filler, "FILL")):
+            for n, code in _ORDER_ID_FIELDS:
                 ident = dt.ei_identifier(seg.rep(n), code)
-                if ident and all(ident["value"] != o["value"] or ident["type"] != o["type"] for o in out):
+                if ident is None:
+                    continue
+                for o in out:  # a loop, not all() over a generator (a generator object per call)
+                    if ident["value"] == o["value"] and ident["type"] == o["type"]:
+                        break
+                else:
                     out.append(ident)
         return out
 
@@ -1071,7 +1130,10 @@ class Mapper:
     def ts_instant(self, seg: Segment, n: int, value: str) -> str | None:
         if not value:
             return None
-        return self._wrap(seg, n, lambda v: dt.instant(v, self.ctx.default_tz), value)
+        try:
+            return dt.instant(value, self.ctx.default_tz)
+        except dt.DataTypeError as exc:
+            raise Hl7ParseError(str(exc), segment_index=seg.index, segment_id=seg.id, field=n) from None
 
     def _resource_participant(self, actor: str | None, seg: Segment, role_field: int | None,
                               start_field: int) -> None:
@@ -1270,7 +1332,7 @@ class Mapper:
 
 
 # Segment id → unbound mapper method, built once.
-_HANDLERS: dict[str, Callable[[Mapper, Segment], None]] = {
+_HANDLERS: Final[dict[str, Callable[[Mapper, Segment], None]]] = {
     name[4:]: getattr(Mapper, name) for name in dir(Mapper) if name.startswith("seg_")
 }
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-_DIR = Path(__file__).with_name("tables")
+_DIR: Final = Path(__file__).with_name("tables")
 
-V2 = "http://terminology.hl7.org/CodeSystem/v2-"
-V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
-V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-V3_MARITAL = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+V2: Final = "http://terminology.hl7.org/CodeSystem/v2-"
+V3_ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+V3_ROLE_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+V3_INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+V3_MARITAL: Final = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
 
 
 @cache
@@ -27,7 +27,7 @@ def table(name: str) -> dict[str, Any]:
 
 # The tables already read, by name: a plain dict get is cheaper than calling the @cache wrapper
 # (lookup runs ~30 times a message).
-_LOADED: dict[str, dict[str, Any]] = {}
+_LOADED: Final[dict[str, dict[str, Any]]] = {}
 
 
 def lookup(name: str, code: str) -> Any:
@@ -41,11 +41,24 @@ def lookup(name: str, code: str) -> Any:
     return hit
 
 
+# Bound of the memos over finite vocabularies (coding-system names here, assigning authorities in
+# datatypes): a deployment sees a few dozen; past the bound, values are computed, not stored.
+MEMO_MAX: Final = 4096
+
+# Coding-system name → system URI ("" for None).  Strings only: nothing a caller could mutate.
+_SYSTEMS: Final[dict[str, str]] = {}
+
+
 def coding_system(name: str) -> str | None:
     """FHIR system URI for a v2 coding-system name (table 0396, CWE-3), None when local/unknown."""
     if not name:
         return None
-    return _coding_system(name)
+    hit = _SYSTEMS.get(name)
+    if hit is None:
+        hit = _coding_system(name) or ""
+        if len(_SYSTEMS) < MEMO_MAX:
+            _SYSTEMS[name] = hit
+    return hit or None
 
 
 def _coding_system(name: str) -> str | None:

@@ -50,6 +50,52 @@ def test_date_instant_and_default_zone() -> None:
     assert dt.instant_padded("2024") == "2024-01-01T00:00:00Z"
 
 
+def _general(value: str, default_tz: str) -> tuple[object, object, object]:
+    """(datetime_, instant, date) of ``value`` through the general path only (regex/tuple), errors as values."""
+    try:
+        parts = dt._split_ts(value)
+    except dt.DataTypeError as exc:
+        return ("error", str(exc)), ("error", str(exc)), ("error", str(exc))
+    if parts is None:
+        return None, None, None
+    year, month, day = parts[:3]
+    day_only = year if not month else f"{year}-{month}-{day}" if day else f"{year}-{month}"
+    return dt._format_dt(parts, default_tz), dt._format_dt(parts, default_tz) if parts[5] else None, day_only
+
+
+def _fast(value: str, default_tz: str) -> tuple[object, object, object]:
+    out: list[object] = []
+    for fn in (lambda: dt.datetime_(value, default_tz), lambda: dt.instant(value, default_tz),
+               lambda: dt.date(value)):
+        try:
+            out.append(fn())
+        except dt.DataTypeError as exc:
+            out.append(("error", str(exc)))
+    return out[0], out[1], out[2]
+
+
+_TS_GRID = [y + m + d + t + z
+            for y in ("2024", "2023", "2000", "1900")
+            for m in ("00", "01", "02", "04", "12", "13", "1a")
+            for d in ("00", "01", "28", "29", "30", "31", "32")
+            for t in ("", "1230", "123059", "2400", "2360", "123060", "12", "123059.1")
+            for z in ("", "+0000", "-0000", "+0100", "-0530", "+1400", "+1500", "+0160", "+01a0", " ")]
+
+
+def test_timestamp_fast_path_matches_the_general_path() -> None:
+    """The slicing fast path (common shapes) gives exactly what the general path gives, errors included."""
+    odd = ["\uff12\uff10\uff12\uff14\uff10\uff11\uff10\uff11", "20240101\u0663", "202401011230591"]  # non-ASCII digits
+    mismatches = [(v, tz) for v in [*_TS_GRID, *odd] for tz in ("Z", "+01:00") if _fast(v, tz) != _general(v, tz)]
+    assert not mismatches, mismatches[:5]
+
+
+def test_vocabulary_memos_are_bounded() -> None:
+    for i in range(dt.MEMO_MAX + 10):
+        assert dt.hd_system(rep(f"NS{i}")) == f"urn:clinstream:v2:ns:NS{i}"
+    assert len(dt._NS_SYSTEMS) <= dt.MEMO_MAX
+    assert dt.hd_system(rep("NS0^1.2.3^ISO")) == "urn:oid:1.2.3"
+
+
 def test_xpn_human_name() -> None:
     name = dt.human_name(rep("EVERYMAN&&&&Aniston^ADAM^A^III^Dr.^MD^L"))
     assert name == {"family": "EVERYMAN", "given": ["ADAM", "A"], "suffix": ["III", "MD"], "prefix": ["Dr."],
