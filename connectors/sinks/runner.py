@@ -93,6 +93,7 @@ class SinkRunner:
         batch_size: int = 2000,
         poll_timeout_s: float = 0.5,
         commit_to_kafka: bool = True,
+        lag_commit_interval_s: float = 1.0,
         dlq_topic: str = DLQ_TOPIC,
         initial_backoff_s: float = 0.2,
         max_backoff_s: float = 30.0,
@@ -105,6 +106,11 @@ class SinkRunner:
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.commit_to_kafka = commit_to_kafka
+        if lag_commit_interval_s < 0:
+            raise ValueError(f"lag_commit_interval_s must be >= 0, got {lag_commit_interval_s}")
+        self.lag_commit_interval_s = lag_commit_interval_s
+        self._lag_offsets: dict[int, int] = {}  # delivered, not yet mirrored to the group
+        self._lag_committed_at = 0.0
         self.dlq_topic = dlq_topic
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -192,6 +198,7 @@ class SinkRunner:
 
     def _shutdown(self) -> None:
         if self._consumer is not None:
+            self._commit_lag_offsets(asynchronous=False)
             try:
                 self._consumer.close()  # leaves the group so a restart does not wait for a session timeout
             except KafkaException as exc:
@@ -220,7 +227,11 @@ class SinkRunner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Writes are synchronous inside the poll loop, so nothing is in flight here.
-        self.assigned -= {tp.partition for tp in partitions}
+        revoked = {tp.partition for tp in partitions}
+        self._commit_lag_offsets(asynchronous=True, partitions=revoked)  # while they are still ours
+        self.assigned -= revoked
+        for p in revoked:
+            self._lag_offsets.pop(p, None)
         consumer.unassign()
 
     def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
@@ -273,14 +284,35 @@ class SinkRunner:
         self.stats.batches += 1
         self.stats.delivered += delivered
         self.metrics.delivered_batch([r.event.get("received_at") for b in batches for r in b.records])
-        # Sinks storing offsets in the target commit to the group only for lag dashboards (async,
-        # optional). For idempotent sinks the group offset IS the resume point: always, synchronously.
-        if (self.commit_to_kafka or not self.sink.stores_offsets) and self._consumer is not None:
+        if self._consumer is None:
+            return
+        if not self.sink.stores_offsets:
+            # For idempotent sinks the group offset IS the resume point: every batch, synchronously.
             offsets = [TopicPartition(self.topic, b.partition, b.next_offset) for b in batches]
             try:
-                self._consumer.commit(offsets=offsets, asynchronous=self.sink.stores_offsets)
+                self._consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:  # at worst a replay of idempotent writes after a restart
                 log.warning("group commit failed: %s", exc)
+        elif self.commit_to_kafka:
+            # Sinks storing offsets in the target mirror them to the group only for lag dashboards:
+            # at most once per interval (at a low rate every small batch was a commit request).
+            for b in batches:
+                self._lag_offsets[b.partition] = b.next_offset
+            if time.monotonic() - self._lag_committed_at >= self.lag_commit_interval_s:
+                self._commit_lag_offsets(asynchronous=True)
+
+    def _commit_lag_offsets(self, *, asynchronous: bool, partitions: set[int] | None = None) -> None:
+        owned = self.assigned if partitions is None else partitions & self.assigned
+        offsets = [TopicPartition(self.topic, p, o) for p, o in self._lag_offsets.items() if p in owned]
+        for tp in offsets:
+            del self._lag_offsets[tp.partition]
+        self._lag_committed_at = time.monotonic()
+        if not offsets or self._consumer is None:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        except KafkaException as exc:  # the target holds the real offsets; a dashboard lags a little
+            log.warning("group commit (lag mirror) failed: %s", exc)
 
     def _deliver(self, batches: list[SinkBatch], raw: dict[tuple[int, int], Message],
                  stop: threading.Event) -> int | None:
@@ -463,6 +495,8 @@ def sink_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--group-id", help="consumer group id (default clinstream-sink-<destination>)")
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--no-kafka-commit", action="store_true", help="do not mirror offsets to the group")
+    parser.add_argument("--lag-commit-interval-s", type=float, default=1.0,
+                        help="how often offsets kept in the target are mirrored to the group, for lag (default 1)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -476,7 +510,8 @@ def sink_main(argv: Sequence[str] | None = None) -> int:
             settings = settings.with_bootstrap(args.bootstrap)
         settings.require_bootstrap()
         runner = build_runner(args.destination, topology, settings, group_id=args.group_id,
-                              batch_size=args.batch_size, commit_to_kafka=not args.no_kafka_commit)
+                              batch_size=args.batch_size, commit_to_kafka=not args.no_kafka_commit,
+                              lag_commit_interval_s=args.lag_commit_interval_s)
     except (TopologyError, SinkError, RuntimeError, ValueError) as exc:
         print(f"clinstream sink: {exc}", file=sys.stderr)
         return 2

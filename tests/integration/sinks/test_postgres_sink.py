@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -96,3 +97,31 @@ def test_undecodable_and_rejected_records_go_to_dlq(
     assert h1["origin-partition"] == str(next(iter(hw)))
     h2 = as_dict(by_offset[2].headers())
     assert h2["error-class"] == "SinkRejected" and h2["clinstream-event-id"] == poison["event_id"]
+
+
+def _group_committed(dest: Dest, group: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer({"bootstrap.servers": dest.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = probe.committed([TopicPartition(dest.topic, p) for p in range(3)], timeout=10)
+    finally:
+        probe.close()
+    return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+
+
+def test_offsets_kept_in_postgres_are_mirrored_to_the_group_at_most_once_per_interval(
+    dest: Dest, fresh_pg_dsn: str, unique_name: Callable[[str], str]
+) -> None:
+    group = unique_name("g")
+    commits: list[int] = []
+    runner = _runner(dest, fresh_pg_dsn, "events", group, batch_size=5, lag_commit_interval_s=30.0,
+                     consumer_config={"on_commit": lambda err, parts: commits.append(len(parts))})
+    with RunnerThread(runner) as rt:
+        hw = produce(dest.bootstrap, dest.topic, [make_event(i, dest.name) for i in range(60)])
+        wait_until(lambda: (rt.check(), _offsets(fresh_pg_dsn, dest.topic) == hw)[1], 30, "all delivered")
+        assert rt.result is None and runner.stats.batches >= 12  # batches of at most 5 records
+        time.sleep(1.0)
+        assert len(commits) <= 1, "lag commits are throttled to one per interval, not one per batch"
+    # stopping mirrors what was delivered since the last commit
+    assert _group_committed(dest, group) == hw
