@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from schemas.avro_codec import AvroCodecError, compile_codec
+from schemas.ids import uuid5_str
 
 SCHEMA_PATH = Path(__file__).with_name("clinical_event.avsc")
 EVENT_NAMESPACE = uuid.UUID("5b1f6f0e-8a2c-4c1e-9a55-2f6c1a7c0d11")
@@ -88,7 +89,7 @@ def schema_fingerprint() -> str:
 def event_id_for(source: str, raw: bytes) -> str:
     """Same input bytes from the same source always give the same id (replays are idempotent)."""
     digest = hashlib.sha256(raw).hexdigest()
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{source}\x1f{digest}"))
+    return uuid5_str(EVENT_NAMESPACE, f"{source}\x1f{digest}")
 
 
 def utc_now_iso() -> str:

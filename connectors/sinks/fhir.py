@@ -29,6 +29,7 @@ from connectors.sinks.base import Sink, SinkBatch, SinkOptions
 from connectors.sinks.errors import SinkConfigError, SinkRejected
 from connectors.sinks.http import CircuitBreaker, HttpTarget
 from connectors.sinks.registry import register_sink
+from schemas.ids import uuid5_str
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def resource_id(event_id: str, index: int, resource: dict[str, Any]) -> str:
     if isinstance(rid, str) and FHIR_ID_RE.match(rid):
         return rid
     basis = f"{event_id}/{index}/{resource.get('resourceType')}/{rid or ''}"
-    return str(uuid.uuid5(ID_NAMESPACE, basis))
+    return uuid5_str(ID_NAMESPACE, basis)
 
 
 @register_sink("fhir")

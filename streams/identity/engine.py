@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from schemas.ids import uuid5_hex
 from streams.identity.blocking import blocking_keys
 from streams.identity.comparisons import _FUNCS, COMPARISONS, F_IDENTS, F_REF, F_SSN, features
 from streams.identity.em import TF_COMPARISONS
@@ -131,7 +132,7 @@ class Resolution:
 def default_euid_factory(record: PatientRecord) -> str:
     """Stable EUID from the founding record's first source identifier (or its record id)."""
     seed = record.identifiers[0].key() if record.identifiers else f"{record.source}|{record.record_id}"
-    return uuid.uuid5(EUID_NAMESPACE, seed).hex
+    return uuid5_hex(EUID_NAMESPACE, seed)
 
 
 class MatchEngine:
@@ -429,7 +430,7 @@ class MatchEngine:
         rest = [m for m in members if m[F_REF] != record_ref]
         if not rest:
             return euid  # already alone
-        new = new_euid or uuid.uuid5(EUID_NAMESPACE, "unmerge|" + record_ref).hex
+        new = new_euid or uuid5_hex(EUID_NAMESPACE, "unmerge|" + record_ref)
         store.put("e:" + euid, rest)
         store.put("e:" + new, [member])
         self._repoint(member, euid, new)

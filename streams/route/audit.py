@@ -15,7 +15,6 @@ to answer a patient's accounting-of-disclosures request (45 CFR 164.528).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from schemas.ids import uuid5_str
 
 BALP_PROFILE = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PrivacyDisclosure.Source"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -36,7 +37,6 @@ EUID_SYSTEM = "urn:clinstream:euid"
 EVENT_SYSTEM = "urn:clinstream:event-id"
 DESTINATION_SYSTEM = "urn:clinstream:destination"
 _AUDIT_NS = uuid.UUID("0c2b3f3e-5d0e-4d7b-9a6b-6f1b2b0d7a21")
-_AUDIT_NS_BYTES = _AUDIT_NS.bytes
 
 PURPOSE_DISPLAY = {
     "TREAT": "treatment",
@@ -70,14 +70,11 @@ _DATA_TYPE = {"system": ENTITY_TYPE, "code": "2", "display": "System Object"}
 _DATA_ROLE = {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"}
 
 
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 _META = {"profile": [BALP_PROFILE]}
 
 
 def audit_id(event_id: str, destination: str) -> str:
-    """Same value as ``uuid.uuid5(_AUDIT_NS, f"{event_id}\\x1f{destination}")``, several times cheaper (hot path)."""
-    h = hashlib.sha1(_AUDIT_NS_BYTES + f"{event_id}\x1f{destination}".encode(), usedforsecurity=False).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+    return uuid5_str(_AUDIT_NS, f"{event_id}\x1f{destination}")
 
 
 def utc_now() -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from schemas.ids import uuid5_str
 from streams.route.errors import TriggerError
 from streams.route.eventtypes import compile_event_types
 from streams.route.fhirmeta import R4_RESOURCE_TYPES
@@ -236,7 +237,7 @@ class CompiledTrigger:
         euid = (event.get("patient") or {}).get("euid")
         task: dict[str, Any] = {
             "resourceType": "Task",
-            "id": str(uuid.uuid5(_TASK_NS, f"{event['event_id']}\x1f{spec.name}")),
+            "id": uuid5_str(_TASK_NS, f"{event['event_id']}\x1f{spec.name}"),
             "meta": {
                 "tag": [{"system": QUEUE_SYSTEM, "code": spec.queue}, {"system": TRIGGER_SYSTEM, "code": spec.name}]
             },
