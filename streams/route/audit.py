@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from schemas.envelope import utc_now_iso
 from schemas.ids import uuid5_str
 
 BALP_PROFILE = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PrivacyDisclosure.Source"
@@ -75,10 +76,6 @@ _META = {"profile": [BALP_PROFILE]}
 
 def audit_id(event_id: str, destination: str) -> str:
     return uuid5_str(_AUDIT_NS, f"{event_id}\x1f{destination}")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class DisclosureTemplate:
@@ -137,7 +134,7 @@ class DisclosureTemplate:
             "type": _TYPE,
             "subtype": _SUBTYPE,
             "action": "R",
-            "recorded": recorded or utc_now(),
+            "recorded": recorded or utc_now_iso(),
             "outcome": "0",
             "purposeOfEvent": self.purpose_of_event,
             "agent": self.agents,
