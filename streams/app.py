@@ -1,9 +1,9 @@
 """The Faust app: one agent per stage chain (``streams.chain``), a thin shell around pure stages.
 
 The shell batches (``take_events``), runs each record through its chain, sends
-every output and DLQ record through one librdkafka producer (Faust's aiokafka
-producer costs several times more CPU per record; it still carries the table
-changelogs), and waits for their delivery before the batch is acknowledged,
+every output, DLQ record and table changelog record through one librdkafka
+producer (Faust's aiokafka producer costs several times more CPU per record;
+``streams.tables``), and waits for their delivery before the batch is acknowledged,
 so an offset is never committed for a record whose outputs are not durable
 (at-least-once; deterministic event ids make repeats harmless downstream).
 """

@@ -10,7 +10,7 @@ DESIGN §3 says they are (replay sources, public to the platform team).
 
 Stages chain only where they are co-partitioned: normalize, dedupe and identity
 all key by the source patient id (the dedupe table is partitioned like the raw
-topic; the MPI index is global or keyed by its own partitioner). ``route`` reads
+topic; the MPI index is whole on every worker, ``streams.replicated_store``). ``route`` reads
 ``identified.events`` keyed by EUID (consent state is co-partitioned with it), so
 it runs as a chain of its own.
 
@@ -64,14 +64,13 @@ class StageRunner:
             outcome = Outcome.dead_letter(exc)
         m.observe_seconds(time.perf_counter() - t0)
         for out in outcome.outputs:
-            pending.append((out.topic, out.key, out.value, out.headers))
+            pending.append(_pending(out))
             m.records_out(out.topic)
         if outcome.dropped:
             m.dropped(outcome.dropped)
         if outcome.error is not None:
             m.dlq(type(outcome.error).__name__)
-            dl = dead_letter(self.stage.name, self.dlq_topic, origin, outcome.error)
-            pending.append((dl.topic, dl.key, dl.value, dl.headers))
+            pending.append(_pending(dead_letter(self.stage.name, self.dlq_topic, origin, outcome.error)))
         return outcome
 
 
@@ -122,7 +121,11 @@ class StageChain:
         for runner in self.runners:
             flush = getattr(runner.stage, "flush", None)
             if flush is not None:
-                pending.extend((o.topic, o.key, o.value, o.headers) for o in flush() or ())
+                pending.extend(_pending(o) for o in flush() or ())
+
+
+def _pending(out: Output) -> Pending:
+    return (out.topic, out.key, out.value, out.headers)
 
 
 def _output_topics(stage: Stage) -> Sequence[str]:

@@ -45,7 +45,7 @@ from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
 from schemas import metrics
 from streams.stage import Output
-from topology.broker import fetch_wait_ms
+from topology.broker import fetch_wait_config
 from topology.plan import ensure_topic
 from topology.settings import KafkaSettings
 
@@ -151,7 +151,7 @@ class ReplicatedStore:
             "enable.partition.eof": True,
             # a stored offset the topic no longer has (recreated, or compacted away): re-read all of it
             "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": fetch_wait_ms(self.settings) or 50,
+            **fetch_wait_config(self.settings),
             "queued.max.messages.kbytes": 8192,  # the default prefetch (64 MB) is mostly idle memory here
         }))
         for p in range(self.partitions):

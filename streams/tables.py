@@ -2,8 +2,8 @@
 
 A Faust table write sends its changelog record through Faust's aiokafka producer:
 a future, a buffer entry and a Python-built produce request per write, and a
-RocksDB put of the persisted offset per delivered record. The MPI index writes about
-a dozen keys per event, so that path was ~40% of the worker's CPU (py-spy, issue 6).
+RocksDB put of the persisted offset per delivered record. When the MPI index was a
+table (a dozen keys per event) that path was ~40% of the worker's CPU (py-spy, issue 6).
 Here a write only *queues* its serialized record in a ``ChangelogBuffer``; the
 agent sends the queue with the batch's outputs through the one librdkafka producer
 (``InFlightOutputs``), and once the batch is durable the highest delivered offset of

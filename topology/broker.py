@@ -155,3 +155,9 @@ def fetch_wait_ms(settings: KafkaSettings) -> int | None:
     if settings.fetch_wait_max_ms is not None:
         return settings.fetch_wait_max_ms
     return 50 if is_embedded_broker(settings) else None
+
+
+def fetch_wait_config(settings: KafkaSettings) -> dict[str, int]:
+    """``fetch_wait_ms`` as librdkafka consumer configuration (empty: the client's default)."""
+    wait = fetch_wait_ms(settings)
+    return {} if wait is None else {"fetch.wait.max.ms": wait}

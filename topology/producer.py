@@ -128,22 +128,19 @@ class DurableProducer:
                         highest[tp] = msg.offset()
             on_delivery(err, msg)
 
-        produce = self._producer.produce
         for topic, key, value, headers in records:
-            while True:
-                try:
-                    produce(topic, value, key=key, headers=list(headers), on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    self._producer.poll(0.01)  # local queue full: let deliveries drain
+            self._produce_waiting(topic, value, key=key, headers=list(headers), on_delivery=on_delivery)
         for topic, partition, key, value in partitioned:
-            while True:
-                try:
-                    produce(topic, value, key=key, partition=partition, on_delivery=on_partitioned_delivery)
-                    break
-                except BufferError:
-                    self._producer.poll(0.01)
+            self._produce_waiting(topic, value, key=key, partition=partition, on_delivery=on_partitioned_delivery)
         return fut
+
+    def _produce_waiting(self, topic: str, value: bytes | None, **kwargs: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.01)  # local queue full: let deliveries drain
 
     def produce_nowait(
         self,

@@ -38,7 +38,7 @@ from connectors.sinks.registry import create_sink
 from schemas import metrics
 from schemas.envelope import EnvelopeError, decode_event
 from schemas.headers import as_dict, dlq_headers
-from topology.broker import fetch_wait_ms
+from topology.broker import fetch_wait_config
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.model import Topology, load_topology
 from topology.settings import KafkaSettings
@@ -140,7 +140,7 @@ class SinkRunner:
             # librdkafka prefetches up to 64 MB by default; a sink writes batches of a few MB, and
             # a sink per destination should not each hold that much (bench pipeline RSS)
             "queued.max.messages.kbytes": 16384,
-            **({"fetch.wait.max.ms": wait} if (wait := fetch_wait_ms(self.settings)) is not None else {}),
+            **fetch_wait_config(self.settings),
             **self.consumer_config,
         })
         return Consumer(conf)
@@ -288,11 +288,9 @@ class SinkRunner:
             return
         if not self.sink.stores_offsets:
             # For idempotent sinks the group offset IS the resume point: every batch, synchronously.
-            offsets = [TopicPartition(self.topic, b.partition, b.next_offset) for b in batches]
-            try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:  # at worst a replay of idempotent writes after a restart
-                log.warning("group commit failed: %s", exc)
+            # A failed commit costs at worst a replay of idempotent writes after a restart.
+            self._group_commit([TopicPartition(self.topic, b.partition, b.next_offset) for b in batches],
+                               asynchronous=False)
         elif self.commit_to_kafka:
             # Sinks storing offsets in the target mirror them to the group only for lag dashboards:
             # at most once per interval (at a low rate every small batch was a commit request).
@@ -307,12 +305,16 @@ class SinkRunner:
         for tp in offsets:
             del self._lag_offsets[tp.partition]
         self._lag_committed_at = time.monotonic()
-        if not offsets or self._consumer is None:
+        if offsets:  # a failed one only makes a dashboard lag a little: the target holds the real offsets
+            self._group_commit(offsets, asynchronous=asynchronous)
+
+    def _group_commit(self, offsets: list[TopicPartition], *, asynchronous: bool) -> None:
+        if self._consumer is None:
             return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
-        except KafkaException as exc:  # the target holds the real offsets; a dashboard lags a little
-            log.warning("group commit (lag mirror) failed: %s", exc)
+        except KafkaException as exc:
+            log.warning("group commit failed: %s", exc)
 
     def _deliver(self, batches: list[SinkBatch], raw: dict[tuple[int, int], Message],
                  stop: threading.Event) -> int | None:
