@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import statistics
 import tempfile
@@ -31,60 +30,8 @@ import orjson
 import yaml
 
 from clinstream.demo import _spawn, processes
+from streams.bench import bench_message, bench_topology
 from topology.broker import free_port
-
-ADT_TRIGGERS = ("A01", "A04", "A08", "A03")
-_SYLLABLES = ("BA", "KO", "MI", "RAN", "TE", "LU", "SOR", "VE", "NA", "DRI", "PEL", "GO", "HAR", "WIN", "ZU",
-              "LEN", "FA", "QUI", "MOR", "STA")
-
-
-def synthetic_name(i: int, parts: int = 3) -> str:
-    """A distinct, letters-only name per ``i`` (matchers ignore digits in names, so NAME123 won't do)."""
-    out = []
-    for _ in range(parts):
-        i, r = divmod(i, len(_SYLLABLES))
-        out.append(_SYLLABLES[r])
-    return "".join(out)
-
-
-def synthetic_pid(i: int, mrn: str) -> str:
-    """A PID segment for synthetic person ``i``: varied names, birth date, address and phone, so
-    different people look as different as real ones (they do not link) while ``i`` repeats the person."""
-    h = int(hashlib.blake2b(str(i).encode(), digest_size=8).hexdigest(), 16)
-    dob = f"19{30 + h % 70:02d}{1 + (h >> 8) % 12:02d}{1 + (h >> 12) % 28:02d}"
-    street = f"{(h >> 20) % 9000 + 1} {synthetic_name(h >> 24, 2)} ST"
-    city = ("BOSTON", "SALEM", "LOWELL", "QUINCY", "NEWTON", "WORCESTER", "LYNN", "REVERE")[(h >> 40) % 8]
-    zip_code = f"0{1000 + (h >> 44) % 8999:04d}"
-    phone = f"{200 + (h >> 50) % 800}{(h >> 16) % 10_000_000:07d}"
-    return (f"PID|1||{mrn}^^^HOSP^MR||{synthetic_name(i, 4)}^{synthetic_name(h >> 32, 3)}^Q||{dob}|"
-            f"{'F' if h % 2 else 'M'}|||{street}^^{city}^MA^{zip_code}||{phone}")
-
-
-def bench_message(i: int, run: str) -> bytes:
-    trig = ADT_TRIGGERS[i % len(ADT_TRIGGERS)]
-    return (
-        f"MSH|^~\\&|BENCH|HOSP|CLIN|HOSP|20240101120000||ADT^{trig}^ADT_A01|{run}{i:09d}|P|2.5\r"
-        f"EVN|{trig}|20240101120000\r"
-        f"{synthetic_pid(i, f'MRN{run}{i:08d}')}\r"
-        f"PV1|1|I|W^{i % 40}^1^HOSP||||1234^SMITH^JOHN|||MED||||||||V{run}{i:08d}^^^HOSP^VN|||||||||||||||||||||||||"
-        f"20240101120000\r"
-    ).encode()
-
-
-def _topology(dsn: str, partitions: int) -> dict[str, Any]:
-    return {
-        "name": "bench",
-        "topic_defaults": {"partitions": partitions, "replication_factor": 1},
-        "sources": [{"name": "bench-feed", "kind": "mllp", "format": "hl7v2", "options": {"port": 0}}],
-        "destinations": [{
-            "name": "bench-ehr",
-            "purpose": "TREAT",
-            "event_types": ["ADT^*"],
-            "allow": ["Patient.identifier", "Patient.name", "Patient.birthDate", "Patient.gender", "Patient.address",
-                      "Encounter.identifier", "Encounter.status", "Encounter.class", "Encounter.period"],
-            "sink": {"kind": "postgres", "options": {"dsn": dsn, "table": "bench_ehr"}},
-        }],
-    }
 
 
 def _rss_peak_mb(pids: dict[str, int]) -> dict[str, float]:
@@ -205,7 +152,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
         with cluster() as settings:
             bootstrap = settings.require_bootstrap()
             topo_path = workdir / "topology.yaml"
-            topo_path.write_text(yaml.safe_dump(_topology(dsn, partitions)))
+            topo_path.write_text(yaml.safe_dump(bench_topology(dsn, partitions)))
             ensure_topics(load_topology(topo_path), AdminClient(settings.librdkafka()))
             env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1"}
             with processes() as procs:

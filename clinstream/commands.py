@@ -183,6 +183,7 @@ def run_sink_command(args: argparse.Namespace) -> int:
 def _bench(sub: Sub) -> None:
     from clinstream.bench_pipeline import add_bench_pipeline_parser
     from connectors.sources.mllp.bench import add_bench_mllp_parser
+    from streams.bench import add_bench_stages_parser
     from streams.identity.bench import add_bench_mpi_parser
     from streams.normalize.hl7v2.bench import add_bench_convert_parser
     from streams.route.bench import add_bench_route_parser
@@ -194,6 +195,7 @@ def _bench(sub: Sub) -> None:
     add_bench_route_parser(bsub)
     add_bench_mpi_parser(bsub)
     add_bench_pipeline_parser(bsub)
+    add_bench_stages_parser(bsub)
 
 
 # --- mpi / audit / preview ----------------------------------------------------

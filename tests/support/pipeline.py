@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from confluent_kafka.admin import AdminClient
 
-from clinstream.bench_pipeline import synthetic_pid
+from streams.bench import synthetic_pid
 from topology.model import load_topology
 from topology.plan import ensure_topics
 
