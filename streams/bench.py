@@ -9,10 +9,11 @@ ADT feed ``bench pipeline`` sends, in batches, and reports CPU microseconds per 
 each stage and for the chain plumbing around them, so a change to a stage can be measured
 on its own and compared in the same run.
 
-What it leaves out, by design: Kafka (consume, produce, commits), the replication of the
-MPI index (its local RocksDB writes and reads are in: the index is a real
-``ReplicatedStore``, never started), and the dedupe and consent tables' RocksDB (plain
-dicts here; in the worker they are ``PartitionedTableView`` over Faust's RocksDB stores).
+The MPI index is a real ``ReplicatedStore`` (its RocksDB writes and reads are in); its topic
+is a loopback: what a batch wrote comes back to the store's own apply path before the next
+batch, as the echo from the broker does in the worker (``mpi_index_echo``). Left out, by
+design: Kafka itself (consume, produce, commits) and the dedupe and consent tables' RocksDB
+(plain dicts here; in the worker they are ``PartitionedTableView`` over Faust's stores).
 """
 
 from __future__ import annotations
@@ -120,6 +121,57 @@ class _TimedStage:
             self.flush_s += time.process_time() - t0
 
 
+class _EchoedRecord:
+    """A record of the MPI index topic as the store's librdkafka consumer hands it over."""
+
+    __slots__ = ("_headers", "_key", "_offset", "_value")
+
+    def __init__(self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]],
+                 offset: int) -> None:
+        self._key, self._value, self._headers, self._offset = key, value, list(headers), offset
+
+    def error(self) -> None:
+        return None
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class _LoopbackTopic:
+    """The MPI index topic in memory: the store polls back what the last batch wrote to it."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._queued: list[_EchoedRecord] = []
+        self._next_offset = 0
+
+    def publish(self, pending: Sequence[Pending]) -> None:
+        for topic, key, value, hdrs in pending:
+            if topic == self.topic:
+                self._queued.append(_EchoedRecord(key, value, hdrs, self._next_offset))
+                self._next_offset += 1
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    def consume(self, num_messages: int, timeout: float) -> list[_EchoedRecord]:
+        out, self._queued = self._queued[:num_messages], self._queued[num_messages:]
+        return out
+
+
 def _raw_record(i: int, offset: int) -> InRecord:
     raw = bench_message(i, "S")
     event_id = event_id_for(BENCH_SOURCE, raw)
@@ -152,6 +204,8 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
     with tempfile.TemporaryDirectory(prefix="clinstream-bench-stages-") as tmp:
         index = ReplicatedStore(KafkaSettings(bootstrap_servers="127.0.0.1:9"), "bench-mpi-index",
                                 Path(tmp) / "mpi-index")
+        loopback = _LoopbackTopic(index.topic)
+        index._consumer = loopback  # type: ignore[assignment]  # the store's tail, fed in process
         stages = [_TimedStage(s) for s in (
             NormalizeStage(input_topics=topology.raw_topics()),
             DedupeStage(seen={}),
@@ -161,12 +215,12 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
         before, route = chains_for(stages)  # type: ignore[arg-type]
         records = [_raw_record(i, i) for i in range(warmup + events)]
         delivered = 0
-        chain_s = route_chain_s = 0.0
+        chain_s = route_chain_s = echo_s = 0.0
         for start in range(0, len(records), batch):
             if start == warmup:  # the measured part starts here: reset every counter
                 for s in stages:
                     s.process_s = s.flush_s = 0.0
-                chain_s = route_chain_s = 0.0
+                chain_s = route_chain_s = echo_s = 0.0
                 delivered = 0
             pending: list[Pending] = []
             t0 = time.process_time()
@@ -179,15 +233,22 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
                 route.process(record, routed)
             route.flush(routed)
             t2 = time.process_time()
+            loopback.publish(pending)
+            while loopback.queued:  # the echo of this batch's index writes
+                index._poll_once(0)
+            t3 = time.process_time()
             chain_s += t1 - t0
             route_chain_s += t2 - t1
+            echo_s += t3 - t2
             delivered += sum(1 for p in routed if p[0].startswith("dest."))
-        del index
+        index._consumer = None
+        index.stop()
     per_event = {s.name: round(s.process_s * 1e6 / events, 1) for s in stages}
     per_event["mpi_index_flush"] = round(sum(s.flush_s for s in stages) * 1e6 / events, 1)
     stage_s = sum(s.process_s + s.flush_s for s in stages)
+    per_event["mpi_index_echo"] = round(echo_s * 1e6 / events, 1)
     per_event["chain_plumbing"] = round((chain_s + route_chain_s - stage_s) * 1e6 / events, 1)
-    total_s = chain_s + route_chain_s
+    total_s = chain_s + route_chain_s + echo_s
     return {
         "events": events,
         "batch": batch,

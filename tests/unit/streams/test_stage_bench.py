@@ -9,7 +9,8 @@ def test_every_bench_event_reaches_the_destination_and_every_part_is_measured():
     result = run_stage_bench(events=60, batch=20, warmup=20)
     assert result["events"] == 60 and result["delivered"] == 60  # distinct people: all new, all ADT -> bench-ehr
     parts = result["us_per_event_by_part"]
-    assert set(parts) == {"normalize", "dedupe", "identity", "route", "mpi_index_flush", "chain_plumbing"}
+    assert set(parts) == {"normalize", "dedupe", "identity", "route", "mpi_index_flush", "mpi_index_echo",
+                          "chain_plumbing"}
     assert all(v > 0 for k, v in parts.items() if k != "chain_plumbing")
     assert result["us_per_event"] >= sum(v for k, v in parts.items() if k != "chain_plumbing")
 
