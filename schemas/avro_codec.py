@@ -143,28 +143,85 @@ def _compile_array(schema: dict[str, Any]) -> tuple[Writer, Reader]:
 
 
 _NO_DEFAULT = object()
+# How a record writes and reads a field: the envelope is mostly strings and optional strings,
+# which the record's own loop handles inline (three Python calls fewer per field: ~2x per event,
+# four encodes per event in the worker); anything else goes through the field's compiled closure.
+_STR, _OPT_STR, _LONG, _OTHER = 0, 1, 2, 3
+
+
+def _field_kind(schema: Any) -> int:
+    if isinstance(schema, dict) and len(schema) == 1 and "type" in schema:
+        return _field_kind(schema["type"])
+    if schema == "string":
+        return _STR
+    if schema in ("int", "long"):
+        return _LONG
+    if schema == ["null", "string"]:
+        return _OPT_STR
+    return _OTHER
 
 
 def _compile_record(schema: dict[str, Any]) -> tuple[Writer, Reader]:
-    fields = [(f["name"], *_compile(f["type"]), f.get("default", _NO_DEFAULT)) for f in schema["fields"]]
+    fields = [(f["name"], _field_kind(f["type"]), *_compile(f["type"]), f.get("default", _NO_DEFAULT))
+              for f in schema["fields"]]
     name = schema.get("name", "record")
 
     def write(v: Any, out: list[bytes]) -> None:
         if not isinstance(v, dict):
             raise AvroCodecError(f"{name}: expected a record, got {type(v).__name__}")
-        for field, write_field, _, default in fields:
-            value = v.get(field, default)
+        get, append = v.get, out.append
+        for field, kind, write_field, _, default in fields:
+            value = get(field, default)
             if value is _NO_DEFAULT:
                 raise AvroCodecError(f"{name}.{field} is missing")
-            try:
-                write_field(value, out)
-            except AvroCodecError as exc:
-                raise AvroCodecError(f"{name}.{field}: {exc}") from None
+            if kind == _OPT_STR:
+                if value is None:
+                    append(b"\x00")
+                    continue
+                append(b"\x02")
+                kind = _STR
+            if kind == _STR:
+                if not isinstance(value, str):
+                    raise AvroCodecError(f"{name}.{field}: expected a string, got {type(value).__name__}")
+                data = value.encode()
+                n = len(data)
+                append(_ONE_BYTE[n] if n < 64 else _long_bytes(n))
+                append(data)
+            elif kind == _LONG:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise AvroCodecError(f"{name}.{field}: expected an integer, got {type(value).__name__}")
+                append(_ONE_BYTE[value] if 0 <= value < 64 else _long_bytes(value))
+            else:
+                try:
+                    write_field(value, out)
+                except AvroCodecError as exc:
+                    raise AvroCodecError(f"{name}.{field}: {exc}") from None
 
     def read(buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
         record: dict[str, Any] = {}
-        for field, _, read_field, _ in fields:
-            record[field], pos = read_field(buf, pos)
+        for field, kind, _, read_field, _ in fields:
+            if kind == _OPT_STR:
+                branch = buf[pos]
+                pos += 1
+                if branch == 0:
+                    record[field] = None
+                    continue
+                if branch != 2:
+                    raise AvroCodecError(f"union branch {branch} out of range")
+                kind = _STR
+            if kind == _STR:
+                b = buf[pos]
+                if b < 0x80:
+                    n, pos = (b >> 1) ^ -(b & 1), pos + 1
+                else:
+                    n, pos = _read_long(buf, pos)
+                end = pos + n
+                if n < 0 or end > len(buf):
+                    raise AvroCodecError("string runs past the end of the record")
+                record[field] = buf[pos:end].decode()
+                pos = end
+            else:
+                record[field], pos = read_field(buf, pos)
         return record, pos
 
     return write, read
