@@ -44,17 +44,25 @@ class Stage(Protocol):
 
 
 class StageRunner:
-    """One stage's per-record accounting: metrics, exceptions turned into dead letters."""
+    """One stage's per-record accounting: metrics, exceptions turned into dead letters.
+
+    Records in and out are counted per batch and added to their Prometheus counters at the
+    batch's end (``publish_counts``, from ``StageChain.flush``): a counter increment takes a
+    lock, and with a dozen per event they were ~1.5% of the worker."""
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
         self.dlq_topic = f"dlq.{stage.name}"
         self.metrics = metrics.stage(stage.name)
+        self._in: dict[str, int] = {}
+        self._out: dict[str, int] = {}
 
     def run(self, record: InRecord, origin: InRecord, pending: list[Pending]) -> Outcome:
         """Process ``record``; its outputs and any dead letter (of ``origin``) go to ``pending``."""
         m = self.metrics
-        m.records_in(record.headers.get(H.SOURCE, "-"))
+        source = record.headers.get(H.SOURCE, "-")
+        counts = self._in
+        counts[source] = counts.get(source, 0) + 1
         t0 = time.perf_counter()
         try:
             outcome = self.stage.process(record)
@@ -63,15 +71,26 @@ class StageRunner:
                         origin.partition, origin.offset)
             outcome = Outcome.dead_letter(exc)
         m.observe_seconds(time.perf_counter() - t0)
+        counts = self._out
         for out in outcome.outputs:
-            pending.append(_pending(out))
-            m.records_out(out.topic)
+            pending.append((out.topic, out.key, out.value, out.headers))
+            counts[out.topic] = counts.get(out.topic, 0) + 1
         if outcome.dropped:
             m.dropped(outcome.dropped)
         if outcome.error is not None:
             m.dlq(type(outcome.error).__name__)
             pending.append(_pending(dead_letter(self.stage.name, self.dlq_topic, origin, outcome.error)))
         return outcome
+
+    def publish_counts(self) -> None:
+        """Add the records counted since the last call to the stage's counters."""
+        m = self.metrics
+        for source, n in self._in.items():
+            m.records_in(source, n)
+        for topic, n in self._out.items():
+            m.records_out(topic, n)
+        self._in.clear()
+        self._out.clear()
 
 
 class StageChain:
@@ -117,11 +136,13 @@ class StageChain:
 
     def flush(self, pending: list[Pending]) -> None:
         """End of batch: stages with write-behind state (the MPI index) write it out now; the
-        records that replicate it are appended to ``pending``, to go out with the batch."""
+        records that replicate it are appended to ``pending``, to go out with the batch. The
+        batch's record counts go to the stage metrics."""
         for runner in self.runners:
             flush = getattr(runner.stage, "flush", None)
             if flush is not None:
                 pending.extend(_pending(o) for o in flush() or ())
+            runner.publish_counts()
 
 
 def _pending(out: Output) -> Pending:

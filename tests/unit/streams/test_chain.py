@@ -95,3 +95,25 @@ def test_flush_outputs_join_the_batch() -> None:
     pending: list = []
     StageChain([Buffered()]).flush(pending)
     assert pending == [("state-changelog", b"k", None, ())]
+
+
+def test_record_counts_reach_the_stage_metrics_at_the_end_of_the_batch() -> None:
+    from prometheus_client import REGISTRY
+
+    def count(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    source = "feed-counts"
+    c = chain()
+    before_in = count("clinstream_stage_records_in_total", stage="dedupe", source=source)
+    before_out = count("clinstream_stage_records_out_total", stage="dedupe", destination=DEDUPED)
+    pending: list = []
+    for i in range(3):
+        value = adt("A01", f"MRNC{i}", "DOE", "JANE", "19800101", f"CC{i}")
+        c.process(InRecord(RAW, 2, i, f"MRNC{i}".encode(), value, {H.SOURCE: source}), pending)
+    assert count("clinstream_stage_records_in_total", stage="dedupe", source=source) == before_in
+    c.flush(pending)
+    assert count("clinstream_stage_records_in_total", stage="dedupe", source=source) == before_in + 3
+    assert count("clinstream_stage_records_out_total", stage="dedupe", destination=DEDUPED) == before_out + 3
+    c.flush(pending)  # counted once
+    assert count("clinstream_stage_records_in_total", stage="dedupe", source=source) == before_in + 3
