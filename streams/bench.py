@@ -197,10 +197,9 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
     from streams.replicated_store import ReplicatedStore
     from streams.route.stage import RouteStage
     from streams.worker import chains_for
-    from topology.model import parse_topology
     from topology.settings import KafkaSettings
 
-    topology: Topology = parse_topology(orjson.dumps(bench_topology("postgresql://bench@127.0.0.1/bench", 1)).decode())
+    topology = Topology.model_validate(bench_topology("postgresql://bench@127.0.0.1/bench", 1))
     with tempfile.TemporaryDirectory(prefix="clinstream-bench-stages-") as tmp:
         index = ReplicatedStore(KafkaSettings(bootstrap_servers="127.0.0.1:9"), "bench-mpi-index",
                                 Path(tmp) / "mpi-index")

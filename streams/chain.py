@@ -73,7 +73,7 @@ class StageRunner:
         m.observe_seconds(time.perf_counter() - t0)
         counts = self._out
         for out in outcome.outputs:
-            pending.append((out.topic, out.key, out.value, out.headers))
+            pending.append(_pending(out))
             counts[out.topic] = counts.get(out.topic, 0) + 1
         if outcome.dropped:
             m.dropped(outcome.dropped)
