@@ -41,10 +41,11 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
+from rocksdict import Rdict, WriteBatch
 
 from schemas import metrics
 from streams.stage import Output
+from streams.state import StateStoreSettings
 from topology.broker import fetch_wait_config
 from topology.plan import ensure_topic
 from topology.settings import KafkaSettings
@@ -67,24 +68,21 @@ class ReplicatedStore:
     produce request per partition) each further partition adds a request to every batch."""
 
     def __init__(self, settings: KafkaSettings, topic: str, path: str | Path, *, partitions: int = 1,
-                 replication_factor: int = 1, cache_entries: int = 100_000) -> None:
+                 replication_factor: int = 1, state: StateStoreSettings | None = None) -> None:
         self.settings = settings
         self.topic = topic
         self.partitions = partitions
         self.replication_factor = replication_factor
+        state = state or StateStoreSettings()
         Path(path).mkdir(parents=True, exist_ok=True)
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
-        table = BlockBasedOptions()
-        table.set_bloom_filter(10, False)  # most index lookups miss (new blocking keys, new records)
-        opts.set_block_based_table_factory(table)
-        self._db = Rdict(str(path), options=opts)
+        # 10 bits per key: most index lookups miss (new blocking keys, new records)
+        self._db = Rdict(str(path), options=state.rocksdict_options(bloom_bits_per_key=10))
         self._writer = uuid.uuid4().hex
         self._writer_tag = f"{self._writer}:".encode()  # header value: tag + sequence number
         self._seq = 0
         self._pending: dict[str, Any] = {}
         self._cache: dict[str, Any] = {}
-        self._cache_entries = cache_entries
+        self._cache_entries = state.index_cache_entries
         self._unechoed: dict[bytes, tuple[int, Any]] = {}  # own writes not yet read back: key -> (seq, value)
         self._overwritten: set[bytes] = set()  # unechoed keys another writer's record replaced in RocksDB
         self._applied_to: dict[int, int] = {}  # partition -> next offset to apply (what RocksDB has)
@@ -124,6 +122,9 @@ class ReplicatedStore:
             return []
         out: list[Output] = []
         batch = WriteBatch(raw_mode=True)
+        cache, bound = self._cache, self._cache_entries
+        if len(cache) + len(self._pending) > bound:
+            cache.clear()  # the bound holds for written entries too, not only for reads
         with self._lock:
             for key, value in self._pending.items():
                 raw_key = orjson.dumps(key)  # the key as Faust's json key serializer wrote it
@@ -134,7 +135,8 @@ class ReplicatedStore:
                 else:
                     batch.put(raw_key, data)
                 self._unechoed[raw_key] = (self._seq, value)
-                self._cache[key] = value
+                if len(cache) < bound:  # else: the unechoed write, then RocksDB, serves it
+                    cache[key] = value
                 out.append(Output(self.topic, data, raw_key, [(WRITER_HEADER, self._writer_tag + b"%d" % self._seq)]))
         self._db.write(batch)
         self._pending.clear()

@@ -25,6 +25,7 @@ from streams.identity.stage import IdentityStage
 from streams.normalize.stage import NormalizeStage
 from streams.replicated_store import ReplicatedStore
 from streams.route.stage import RouteStage
+from streams.state import StateStoreSettings
 from streams.tables import PartitionedTableView
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.lag import LagMonitor
@@ -43,18 +44,21 @@ def mpi_index_topic(app_id: str) -> str:
 
 
 def stages_for(app: faust.App, topology: Topology, index: KeyValueStore, *, mpi_model: str | None = None,
-               dedupe_window_s: float = 7 * 24 * 3600.0) -> list[Stage]:
+               dedupe_window_s: float = 7 * 24 * 3600.0, state: StateStoreSettings | None = None) -> list[Stage]:
     """The four stages; ``index`` is the MPI index (a ``ReplicatedStore`` in the worker)."""
     partitions = topology.topic_defaults.partitions
     stages: list[Stage] = []
     raw = topology.raw_topics()
     if raw:
         stages.append(NormalizeStage(input_topics=raw))
-    seen = app.Table("dedupe-seen", default=None, partitions=partitions, key_type=str, value_type=str)
+    tables = (state or StateStoreSettings()).faust_table_options()
+    seen = app.Table("dedupe-seen", default=None, partitions=partitions, key_type=str, value_type=str,
+                     options=tables)
     stages.append(DedupeStage(seen=PartitionedTableView(seen), window_s=dedupe_window_s))
     model = load_model(mpi_model) if mpi_model else default_model()
     stages.append(IdentityStage(engine=MatchEngine(model, store=index)))
-    consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str)
+    consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str,
+                        options=dict(tables))  # faust's Store edits the dict it is given
     stages.append(RouteStage.from_topology(topology, consent=PartitionedTableView(consent)))
     return stages
 
@@ -71,12 +75,13 @@ def run_worker(
     mpi_model: str | None = None,
 ) -> None:
     d = topology.topic_defaults
+    state = StateStoreSettings()  # validated before anything starts: a bad CLINSTREAM_STATE_* names its key
     index = ReplicatedStore(settings, mpi_index_topic(app_id), Path(data_dir) / "mpi-index",
-                            replication_factor=d.replication_factor)
+                            replication_factor=d.replication_factor, state=state)
     index.start()  # the whole index, before the first event
 
     def chains(app: faust.App) -> Sequence[StageChain]:
-        return chains_for(stages_for(app, topology, index, mpi_model=mpi_model))
+        return chains_for(stages_for(app, topology, index, mpi_model=mpi_model, state=state))
 
     producer = DurableProducer(settings, linger_ms=5)
     app = build_app(topology, settings, chains, app_id=app_id, data_dir=data_dir, web_port=web_port, store=store,
