@@ -12,7 +12,21 @@ from typing import Any
 Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 
 
-def register(sub: Sub) -> None:
+# Commands whose parser is built alone when they are the one being run (see ``register``).
+LEAN_COMMANDS = frozenset({"run"})
+
+
+def register(sub: Sub, command: str | None = None) -> None:
+    """Add the subcommands; with ``command`` in :data:`LEAN_COMMANDS`, only that one.
+
+    The other commands' parsers live with the packages that own them, and importing those
+    brings in the benchmark, MPI and routing tooling (numpy, rapidfuzz, the v2 converter,
+    rich): 688 modules and 65 MB of RSS before a process does anything. A long-running
+    ``run source`` or ``run sink`` process needs none of it, and a deployment runs several.
+    """
+    if command in LEAN_COMMANDS:
+        _run(sub)
+        return
     from streams.dlq import add_dlq_parser
     from streams.normalize.hl7v2.cli import add_convert_parser
     from streams.replay import add_replay_parser
