@@ -176,7 +176,7 @@ def replay(
                           uuid.uuid4().hex[:12])
     consent = load_consent(settings)
     producer = None if dry_run else Producer(settings.librdkafka(**{
-        "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
+        "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": settings.compression_type,
     }))
     failed: list[str] = []
 

@@ -37,7 +37,7 @@ class DurableProducer:
                 "acks": "all",
                 "linger.ms": linger_ms,
                 "batch.num.messages": 10000,
-                "compression.type": "lz4",
+                "compression.type": settings.compression_type,
                 "message.timeout.ms": 30000,
                 "queue.buffering.max.messages": 200000,
                 **overrides,

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
 
 class KafkaSettings(BaseSettings):
@@ -48,6 +49,11 @@ class KafkaSettings(BaseSettings):
                     "the embedded broker (topology.broker.fetch_wait_ms)",
     )
     client_id: str = "clinstream"
+    compression_type: CompressionType = Field(
+        default="zstd",
+        description="record batch compression of the producers; the broker stores batches as sent, so this "
+                    "is its memory (embedded broker) or disk per event",
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

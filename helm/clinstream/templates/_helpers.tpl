@@ -102,6 +102,8 @@ clinstream.io/name: {{ .name }}
   value: {{ $k.securityProtocol | quote }}
 - name: KAFKA_SESSION_TIMEOUT_MS
   value: {{ $k.sessionTimeoutMs | int | quote }}
+- name: KAFKA_COMPRESSION_TYPE
+  value: {{ $k.compressionType | default "zstd" | quote }}
 - name: KAFKA_CLIENT_ID
   value: {{ .clientId | quote }}
 {{- if $k.sasl.mechanism }}

@@ -172,6 +172,7 @@ def test_missing_bootstrap_names_the_key() -> None:
     ({"security_protocol": "SSL", "ssl_key_location": "/c.key"}, "KAFKA_SSL_CERTIFICATE_LOCATION"),
     ({"security_protocol": "TLS"}, "security_protocol"),
     ({"sasl_mechanism": "GSSAPI"}, "sasl_mechanism"),
+    ({"compression_type": "brotli"}, "compression_type"),
 ])
 def test_invalid_combinations_name_the_env_key(
     env: dict[str, str], key: str, monkeypatch: pytest.MonkeyPatch
