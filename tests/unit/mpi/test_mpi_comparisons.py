@@ -143,3 +143,14 @@ def test_blocking_keys_survive_single_typos() -> None:
 
 def test_blocking_keys_empty_record() -> None:
     assert blocking_keys(c.features(PatientRecord("1", "s"))) == []
+
+
+def test_name_memos_stay_bounded_and_evicted_values_recompute_the_same():
+    from streams.identity import comparisons as c
+
+    first = (c._phon("Katherine"), c._sdx("Katherine"), c._name("Katherine"), c._city("Springfield"))
+    for memo in (c._phon, c._sdx, c._name, c._city):
+        for i in range(20_000):  # more distinct values than any memo keeps
+            memo(f"Name{i:05d}")
+        assert memo.cache_info().currsize <= 16_384
+    assert (c._phon("Katherine"), c._sdx("Katherine"), c._name("Katherine"), c._city("Springfield")) == first
