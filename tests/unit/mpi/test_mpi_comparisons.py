@@ -146,8 +146,6 @@ def test_blocking_keys_empty_record() -> None:
 
 
 def test_name_memos_stay_bounded_and_evicted_values_recompute_the_same():
-    from streams.identity import comparisons as c
-
     first = (c._phon("Katherine"), c._sdx("Katherine"), c._name("Katherine"), c._city("Springfield"))
     for memo in (c._phon, c._sdx, c._name, c._city):
         for i in range(20_000):  # more distinct values than any memo keeps
