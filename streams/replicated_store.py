@@ -35,11 +35,12 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rocksdict import Rdict, WriteBatch
 
@@ -202,7 +203,14 @@ class ReplicatedStore:
     def _poll_once(self, timeout_s: float) -> set[int]:
         """Apply what one poll brings; returns the partitions that reported their end."""
         assert self._consumer is not None
-        msgs = self._consumer.consume(1000, timeout_s)
+        return self.apply(self._consumer.consume(1000, timeout_s))
+
+    def apply(self, msgs: Sequence[Message]) -> set[int]:
+        """Apply records of the store's topic, in the order a consumer returned them.
+
+        The tail thread calls this with each poll; ``bench stages`` with the echo of its own
+        writes. Returns the partitions that reported their end.
+        """
         at_end: set[int] = set()
         if not msgs:
             return at_end
