@@ -76,8 +76,7 @@ class ReplicatedStore:
         self.replication_factor = replication_factor
         state = state or StateStoreSettings()
         Path(path).mkdir(parents=True, exist_ok=True)
-        # 10 bits per key: most index lookups miss (new blocking keys, new records)
-        self._db = Rdict(str(path), options=state.rocksdict_options(bloom_bits_per_key=10))
+        self._db = Rdict(str(path), options=state.rocksdict_options())
         self._writer = uuid.uuid4().hex
         self._writer_tag = f"{self._writer}:".encode()  # header value: tag + sequence number
         self._seq = 0

@@ -5,8 +5,9 @@ three of them, and arena blocks of an eighth of that, all resident before the
 first flush. The worker's stores are small (the MPI index of 30,000 events is
 about 25 MB on disk), so with the defaults the memtables hold the whole index in
 memory and grow with every event. Measured with ``clinstream bench pipeline``
-(20,000 + 10,000 messages): worker peak RSS 249 MB with RocksDB's defaults and a
-100,000-entry read cache, 196-210 MB with the values below, at the same speed.
+(20,000 + 10,000 messages, 3 alternating rounds): worker peak RSS 255-281 MB with
+RocksDB's defaults and a 100,000-entry read cache, 206-208 MB with the values below, at
+the same speed.
 Bounded memtables flush to SST files; reads then go through the bloom filter and
 the block cache, which is where the hot blocks stay.
 
@@ -36,14 +37,14 @@ class StateStoreSettings(BaseSettings):
     index_cache_entries: int = Field(default=20_000, ge=0, le=10_000_000,
                                      description="decoded MPI index entries kept in the worker's read cache")
 
-    def rocksdict_options(self, *, bloom_bits_per_key: int = 10) -> Options:
+    def rocksdict_options(self) -> Options:
         """Options for a store opened with rocksdict directly (the MPI index)."""
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.set_write_buffer_size(self.write_buffer_mb * _MB)
         opts.set_max_write_buffer_number(self.max_write_buffers)
         table = BlockBasedOptions()
-        table.set_bloom_filter(bloom_bits_per_key, False)
+        table.set_bloom_filter(10, False)  # most index lookups miss (new blocking keys, new records)
         table.set_block_cache(Cache(self.block_cache_mb * _MB))
         opts.set_block_based_table_factory(table)
         return opts

@@ -51,14 +51,14 @@ def stages_for(app: faust.App, topology: Topology, index: KeyValueStore, *, mpi_
     raw = topology.raw_topics()
     if raw:
         stages.append(NormalizeStage(input_topics=raw))
-    tables = (state or StateStoreSettings()).faust_table_options()
+    state = state or StateStoreSettings()
     seen = app.Table("dedupe-seen", default=None, partitions=partitions, key_type=str, value_type=str,
-                     options=tables)
+                     options=state.faust_table_options())
     stages.append(DedupeStage(seen=PartitionedTableView(seen), window_s=dedupe_window_s))
     model = load_model(mpi_model) if mpi_model else default_model()
     stages.append(IdentityStage(engine=MatchEngine(model, store=index)))
     consent = app.Table("consent-state", default=None, partitions=partitions, key_type=str, value_type=str,
-                        options=dict(tables))  # faust's Store edits the dict it is given
+                        options=state.faust_table_options())
     stages.append(RouteStage.from_topology(topology, consent=PartitionedTableView(consent)))
     return stages
 
