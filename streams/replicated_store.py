@@ -123,8 +123,6 @@ class ReplicatedStore:
         out: list[Output] = []
         batch = WriteBatch(raw_mode=True)
         cache, bound = self._cache, self._cache_entries
-        if len(cache) + len(self._pending) > bound:
-            cache.clear()  # the bound holds for written entries too, not only for reads
         with self._lock:
             for key, value in self._pending.items():
                 raw_key = orjson.dumps(key)  # the key as Faust's json key serializer wrote it
@@ -135,8 +133,9 @@ class ReplicatedStore:
                 else:
                     batch.put(raw_key, data)
                 self._unechoed[raw_key] = (self._seq, value)
-                if len(cache) < bound:  # else: the unechoed write, then RocksDB, serves it
-                    cache[key] = value
+                if len(cache) >= bound:  # the read cache's one rule, as in get(): full, start again
+                    cache.clear()
+                cache[key] = value
                 out.append(Output(self.topic, data, raw_key, [(WRITER_HEADER, self._writer_tag + b"%d" % self._seq)]))
         self._db.write(batch)
         self._pending.clear()
