@@ -151,12 +151,7 @@ class DurableProducer:
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
         """Fire-and-flush: for tools that call ``flush()`` afterwards (redrive, replay)."""
-        while True:
-            try:
-                self._producer.produce(topic, value, key=key, headers=list(headers or ()))
-                return
-            except BufferError:
-                self._producer.flush(1.0)
+        self._produce_waiting(topic, value, key=key, headers=list(headers or ()))
 
     def flush(self, timeout: float = 30.0) -> int:
         return self._producer.flush(timeout)
