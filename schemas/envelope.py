@@ -17,7 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import orjson
 from pydantic import BaseModel, Field
 
@@ -75,6 +74,10 @@ class ClinicalEvent(BaseModel):
 
 @lru_cache(maxsize=1)
 def parsed_schema() -> dict[str, Any]:
+    # fastavro is imported here, not at the top: the per-event codec is our own (schemas.avro_codec),
+    # and every source, worker and sink process imports this module (fastavro: +3 MB RSS each).
+    import fastavro
+
     return fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text()))
 
 

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-# Imported by the parsers of the bench / mpi / preview / convert commands, needed by no source or sink.
+# Imported by the parsers of the bench / mpi / preview / convert commands, needed by no source or sink;
+# fastavro only by the envelope's schema tools (the per-event codec is schemas.avro_codec).
 _TOOLING = ("numpy", "rapidfuzz", "rich", "streams.identity.engine", "streams.normalize.hl7v2.convert",
-            "streams.route.plan")
+            "streams.route.plan", "fastavro")
 
 
 def _imported_after(code: str) -> set[str]:
@@ -30,6 +31,15 @@ def test_the_source_and_sink_processes_do_not_import_the_tooling():
                              "import connectors.sources.run, connectors.sources.base, connectors.sinks.runner\n"
                              "from connectors.sources import fhir_http, filedrop, mllp\n"
                              "from connectors.sources.mllp import listener")
+    assert loaded == set()
+
+
+def test_the_envelope_codec_works_without_fastavro():
+    loaded = _imported_after("from schemas.envelope import decode_event, encode_event\n"
+                             "e = {'event_id': 'e', 'event_type': 'ADT^A01', 'source': 's', 'received_at': 't',\n"
+                             "     'patient': {'euid': None, 'identifiers': []}, 'resources': [{'id': 'p'}],\n"
+                             "     'lineage': {'topic': 'raw', 'partition': 0, 'offset': 1, 'stages': []}}\n"
+                             "assert decode_event(encode_event(e))['resources'] == e['resources']")
     assert loaded == set()
 
 
