@@ -16,7 +16,7 @@ from pathlib import Path
 
 import faust
 
-from streams.app import build_app
+from streams.app import AgentBatchSettings, build_app
 from streams.chain import Stage, StageChain
 from streams.dedupe.stage import DedupeStage
 from streams.identity.engine import KeyValueStore, MatchEngine
@@ -76,6 +76,7 @@ def run_worker(
 ) -> None:
     d = topology.topic_defaults
     state = StateStoreSettings()  # validated before anything starts: a bad CLINSTREAM_STATE_* names its key
+    batch = AgentBatchSettings()  # likewise CLINSTREAM_BATCH_*
     index = ReplicatedStore(settings, mpi_index_topic(app_id), Path(data_dir) / "mpi-index",
                             replication_factor=d.replication_factor, state=state)
     index.start()  # the whole index, before the first event
@@ -85,7 +86,7 @@ def run_worker(
 
     producer = DurableProducer(settings, linger_ms=5)
     app = build_app(topology, settings, chains, app_id=app_id, data_dir=data_dir, web_port=web_port, store=store,
-                    producer=producer)
+                    producer=producer, batch=batch)
     health = HealthServer.from_settings(OpsSettings(), {"broker": broker_check(settings.librdkafka())})
     health.set_ready("agents", False)
 

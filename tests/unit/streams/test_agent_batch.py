@@ -1,0 +1,28 @@
+"""The agents' take_events batching is a setting (CLINSTREAM_BATCH_*), validated when the worker starts."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from streams.app import AgentBatchSettings
+
+
+def test_defaults_are_the_measured_ones():
+    batch = AgentBatchSettings()
+    assert (batch.size, batch.within_ms) == (500, 40)
+
+
+def test_the_environment_sets_them(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CLINSTREAM_BATCH_WITHIN_MS", "10")
+    monkeypatch.setenv("CLINSTREAM_BATCH_SIZE", "100")
+    batch = AgentBatchSettings()
+    assert (batch.size, batch.within_ms) == (100, 10)
+
+
+@pytest.mark.parametrize(("key", "value", "field"), [("CLINSTREAM_BATCH_WITHIN_MS", "0", "within_ms"),
+                                                     ("CLINSTREAM_BATCH_SIZE", "many", "size")])
+def test_a_bad_setting_names_its_key(monkeypatch: pytest.MonkeyPatch, key: str, value: str, field: str):
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match=field):
+        AgentBatchSettings()
