@@ -328,7 +328,7 @@ def redrive(
 
 def _send_redrives(settings: KafkaSettings, plan: list[tuple[RedriveItem, Message, list[tuple[str, bytes]]]]) -> None:
     _ensure_topic(settings, REDRIVE_LOG)
-    producer = Producer(settings.librdkafka(**{"enable.idempotence": True, "acks": "all", "linger.ms": 5}))
+    producer = Producer(settings.librdkafka_producer(**{"linger.ms": 5}))
     errors: list[str] = []
 
     def delivered(item: RedriveItem) -> Any:

@@ -175,9 +175,7 @@ def replay(
     report = ReplayReport(source_topic, dest.name, since.isoformat(), until.isoformat() if until else None, dry_run,
                           uuid.uuid4().hex[:12])
     consent = load_consent(settings)
-    producer = None if dry_run else Producer(settings.librdkafka(**{
-        "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": settings.compression_type,
-    }))
+    producer = None if dry_run else Producer(settings.librdkafka_producer(**{"linger.ms": 5}))
     failed: list[str] = []
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:

@@ -31,13 +31,10 @@ class DurableProducer:
         # linger 0: a sender waiting for its ACK should not wait for a batch to fill; librdkafka still
         # batches whatever queues up while a produce request is in flight (bench mllp: 1 connection
         # 350 -> 1,600 msg/s, 16 connections 4,200 -> 5,200 msg/s).
-        conf = settings.librdkafka(
+        conf = settings.librdkafka_producer(
             **{
-                "enable.idempotence": True,
-                "acks": "all",
                 "linger.ms": linger_ms,
                 "batch.num.messages": 10000,
-                "compression.type": settings.compression_type,
                 "message.timeout.ms": 30000,
                 "queue.buffering.max.messages": 200000,
                 **overrides,

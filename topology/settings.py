@@ -140,6 +140,11 @@ class KafkaSettings(BaseSettings):
         conf.update(extra)
         return conf
 
+    def librdkafka_producer(self, **extra: Any) -> dict[str, Any]:
+        """Config for every clinstream producer: idempotent, ``acks=all``, batches compressed as configured."""
+        return self.librdkafka(**{"enable.idempotence": True, "acks": "all",
+                                  "compression.type": self.compression_type, **extra})
+
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.security_protocol.endswith("SSL"):
             return None

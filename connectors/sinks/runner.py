@@ -146,9 +146,8 @@ class SinkRunner:
         return Consumer(conf)
 
     def _make_producer(self) -> Producer:
-        return Producer(self.settings.librdkafka(**{
-            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-            "client.id": f"{self.settings.client_id}-sink-dlq",
+        return Producer(self.settings.librdkafka_producer(**{
+            "linger.ms": 5, "client.id": f"{self.settings.client_id}-sink-dlq",
         }))
 
     def stop(self) -> None:

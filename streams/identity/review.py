@@ -93,7 +93,7 @@ def review_command(args: argparse.Namespace) -> int:
         print(f"clinstream mpi review: no open review {args.review_id!r}", file=sys.stderr)
         return 1
     event = decision_event(match, args.review_command == "accept", args.by or getpass.getuser(), args.note)
-    producer = Producer(settings.librdkafka(**{"enable.idempotence": True, "acks": "all"}))
+    producer = Producer(settings.librdkafka_producer())
     producer.produce(MPI_REVIEW, orjson.dumps(event), key=match["euid"].encode())
     if producer.flush(30):
         print("clinstream mpi review: decision not delivered", file=sys.stderr)

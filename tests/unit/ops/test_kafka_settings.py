@@ -268,3 +268,13 @@ async def test_unreachable_endpoint() -> None:
     provider = ClientCredentialsTokenProvider("http://127.0.0.1:9/token", "c", "s", timeout_s=2)
     with pytest.raises(TokenError, match="unreachable"):
         await provider.token()
+
+
+def test_every_producer_config_is_idempotent_and_compressed_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = from_env(monkeypatch, bootstrap_servers=BOOT, compression_type="lz4", security_protocol="SASL_SSL",
+                        sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p")
+    conf = settings.librdkafka_producer(**{"linger.ms": 5})
+    assert conf["enable.idempotence"] is True and conf["acks"] == "all"
+    assert conf["compression.type"] == "lz4" and conf["linger.ms"] == 5
+    assert conf["sasl.username"] == "u" and conf["security.protocol"] == "sasl_ssl"  # the connection settings too
+    assert "compression.type" not in settings.librdkafka()  # consumers and admin clients: producer-only key
