@@ -1,11 +1,13 @@
 """The Faust app: one agent per stage chain (``streams.chain``), a thin shell around pure stages.
 
 The shell batches (``take_events``), runs each record through its chain, sends
-every output, DLQ record and table changelog record through one librdkafka
-producer (Faust's aiokafka producer costs several times more CPU per record;
-``streams.tables``), and waits for their delivery before the batch is acknowledged,
-so an offset is never committed for a record whose outputs are not durable
-(at-least-once; deterministic event ids make repeats harmless downstream).
+every output and DLQ record through a librdkafka ``BatchProducer`` (one completion
+per batch, no delivery report per record) and the table changelog records through
+a ``DurableProducer`` (their offsets are Faust's recovery start; Faust's aiokafka
+producer costs several times more CPU per record, ``streams.tables``), and waits for
+their delivery before the batch is acknowledged, so an offset is never committed for
+a record whose outputs are not durable (at-least-once; deterministic event ids make
+repeats harmless downstream).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from streams.stage import InRecord
 from streams.tables import ChangelogBuffer, buffered_table_class
 from topology.broker import fetch_wait_ms, is_embedded_broker
 from topology.model import Topology
-from topology.producer import DurableProducer
+from topology.producer import BatchProducer, DurableProducer
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -67,12 +69,15 @@ def build_app(
     store: str = "rocksdb://",
     batch: AgentBatchSettings | None = None,
     web_port: int | None = None,
-    producer: DurableProducer | None = None,
+    producer: BatchProducer | None = None,
+    changelog_producer: DurableProducer | None = None,
 ) -> faust.App:
-    """The Faust app with one agent per stage chain; outputs go through ``producer`` (librdkafka)."""
-    producer = producer or DurableProducer(settings, linger_ms=5)
+    """The Faust app with one agent per stage chain; outputs go through ``producer`` and table
+    changelogs through ``changelog_producer`` (both librdkafka)."""
+    producer = producer or BatchProducer(settings, linger_ms=5)
+    changelog_producer = changelog_producer or DurableProducer(settings, linger_ms=5)
     batch = batch or AgentBatchSettings()
-    outputs = InFlightOutputs(producer)
+    outputs = InFlightOutputs(producer, changelog_producer)
     app = faust.App(
         app_id,
         recovery_consistency_check=not _reports_wrong_high_watermarks(settings),
@@ -151,20 +156,26 @@ class InFlightOutputs:
     changelog records queued in ``changelog`` (``streams.tables``) go out with them.
     """
 
-    def __init__(self, producer: DurableProducer, changelog: ChangelogBuffer | None = None,
-                 max_batches: int = 16) -> None:
+    def __init__(self, producer: BatchProducer, changelog_producer: DurableProducer,
+                 changelog: ChangelogBuffer | None = None, max_batches: int = 16) -> None:
         self.producer = producer
+        # Table changelogs need each record's offset (Faust's recovery starts after the highest
+        # durable one), so they go through the producer with a delivery report per record; they
+        # are also the only records produced to an explicit partition, which librdkafka advises
+        # not to mix with partitioner-placed records in one idempotent producer.
+        self.changelog_producer = changelog_producer
         self.changelog = changelog or ChangelogBuffer()
         self.max_batches = max_batches
         self._inflight: list[asyncio.Future[None]] = []
 
     async def send(self, records: list[Pending]) -> None:
         changelog = self.changelog.take()
-        if records or changelog:
+        if records:
+            self._inflight.append(self.producer.send_batch(records))
+        if changelog:
             delivered: dict[tuple[str, int], int] = {}
-            fut = self.producer.send_batch(records, changelog, delivered)
-            if changelog:
-                fut.add_done_callback(self._mark_persisted_once_durable(delivered))
+            fut = self.changelog_producer.send_batch((), changelog, delivered)
+            fut.add_done_callback(self._mark_persisted_once_durable(delivered))
             self._inflight.append(fut)
         # keep memory bounded: past the limit, wait for the oldest batches
         while len(self._inflight) > self.max_batches:

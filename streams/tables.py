@@ -5,9 +5,10 @@ a future, a buffer entry and a Python-built produce request per write, and a
 RocksDB put of the persisted offset per delivered record. When the MPI index was a
 table (a dozen keys per event) that path was ~40% of the worker's CPU (py-spy, issue 6).
 Here a write only *queues* its serialized record in a ``ChangelogBuffer``; the
-agent sends the queue with the batch's outputs through the one librdkafka producer
-(``InFlightOutputs``), and once the batch is durable the highest delivered offset of
-each changelog partition is recorded in the table's store, once per partition.
+agent sends the queue with the batch's outputs through librdkafka (``InFlightOutputs``;
+the changelog producer reports every record's offset), and once the batch is durable the
+highest delivered offset of each changelog partition is recorded in the table's store,
+once per partition.
 
 What Faust relies on is unchanged: a record lands on the changelog partition of
 the write's event (or, for ``use_partitioner`` tables, on ``changelog_partition``

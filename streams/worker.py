@@ -30,7 +30,7 @@ from streams.tables import PartitionedTableView
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.lag import LagMonitor
 from topology.model import IDENTIFIED, MPI_REVIEW, Topology
-from topology.producer import DurableProducer
+from topology.producer import BatchProducer, DurableProducer
 from topology.runtime import freeze_startup_heap
 from topology.settings import KafkaSettings
 
@@ -84,9 +84,10 @@ def run_worker(
     def chains(app: faust.App) -> Sequence[StageChain]:
         return chains_for(stages_for(app, topology, index, mpi_model=mpi_model, state=state))
 
-    producer = DurableProducer(settings, linger_ms=5)
+    producer = BatchProducer(settings, linger_ms=5)
+    changelog_producer = DurableProducer(settings, linger_ms=5)
     app = build_app(topology, settings, chains, app_id=app_id, data_dir=data_dir, web_port=web_port, store=store,
-                    producer=producer, batch=batch)
+                    producer=producer, changelog_producer=changelog_producer, batch=batch)
     health = HealthServer.from_settings(OpsSettings(), {"broker": broker_check(settings.librdkafka())})
     health.set_ready("agents", False)
 
@@ -109,6 +110,7 @@ def run_worker(
         lag.stop()
         health.stop()
         producer.close()
+        changelog_producer.close()
         index.stop()
 
 
