@@ -18,13 +18,9 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import faust
 from faust.streams import _current_event
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
-from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +28,7 @@ from schemas import headers as H
 from streams.chain import Pending, StageChain
 from streams.stage import InRecord
 from streams.tables import ChangelogBuffer, buffered_table_class
+from streams.transport import install_worker_transport
 from topology.broker import fetch_wait_ms, is_embedded_broker
 from topology.model import Topology
 from topology.producer import BatchProducer, DurableProducer
@@ -101,9 +98,7 @@ def build_app(
         Table=buffered_table_class(outputs.changelog),  # changelogs go out with the stage outputs
     )
     outputs.gate_commits(app)
-    wait = fetch_wait_ms(settings)
-    if wait is not None:
-        _with_fetch_wait(app, wait)
+    install_worker_transport(app, fetch_wait_ms(settings))
     for chain in chains(app):
         _register(app, chain, outputs, batch.size, batch.within_ms / 1000)
     return app
@@ -122,25 +117,6 @@ def _reports_wrong_high_watermarks(settings: KafkaSettings) -> bool:
                     "demo/test only")
         return True
     return False
-
-
-def _with_fetch_wait(app: faust.App, wait_ms: int) -> None:
-    """Faust's aiokafka consumer with the fetch wait from ``fetch_wait_ms`` (Faust fixes it at 1.5 s)."""
-
-    class FetchWaitConsumerThread(AIOKafkaConsumerThread):
-        def _create_worker_consumer(self, transport: Any) -> Any:
-            consumer = super()._create_worker_consumer(transport)
-            consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
-            return consumer
-
-    class FetchWaitConsumer(AIOKafkaConsumer):
-        def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
-            return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    class FetchWaitTransport(AIOKafkaTransport):
-        Consumer = FetchWaitConsumer
-
-    app.transport = FetchWaitTransport(app.conf.broker_consumer, app)
 
 
 class InFlightOutputs:
