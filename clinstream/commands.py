@@ -198,6 +198,7 @@ def _bench(sub: Sub) -> None:
     from clinstream.bench_pipeline import add_bench_pipeline_parser
     from connectors.sources.mllp.bench import add_bench_mllp_parser
     from streams.bench import add_bench_stages_parser
+    from streams.consume_bench import add_bench_consume_parser
     from streams.identity.bench import add_bench_mpi_parser
     from streams.normalize.hl7v2.bench import add_bench_convert_parser
     from streams.route.bench import add_bench_route_parser
@@ -210,6 +211,7 @@ def _bench(sub: Sub) -> None:
     add_bench_mpi_parser(bsub)
     add_bench_pipeline_parser(bsub)
     add_bench_stages_parser(bsub)
+    add_bench_consume_parser(bsub)
 
 
 # --- mpi / audit / preview ----------------------------------------------------

@@ -62,13 +62,14 @@ class LeanDeliveryConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer whose per-record delivery race is only entered when needed."""
 
     fetch_wait_ms: int | None = None
+    lean_delivery: bool = True  # False: Faust's race for every record (``bench consume`` compares)
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def wait_first(self, *coros: WaitArgT, timeout: Seconds | None = None) -> WaitResults:
         # The fetch loop's call: (the delivery, the flow-suspended wait), no timeout.
-        if (timeout is None and len(coros) == 2 and isinstance(coros[0], types.CoroutineType)
+        if (self.lean_delivery and timeout is None and len(coros) == 2 and isinstance(coros[0], types.CoroutineType)
                 and isinstance(coros[1], types.CoroutineType)
                 and not (self.suspend_flow.is_set() or self.should_stop or self._crashed.is_set())):
             delivery, other = coros
@@ -93,8 +94,10 @@ class _ConsumerThread(AIOKafkaConsumerThread):
         return consumer
 
 
-def install_worker_transport(app: faust.App, fetch_wait_ms: int | None) -> None:
-    """Give ``app`` the lean-delivery consumer, with ``fetch_wait_ms`` as aiokafka's fetch wait when set."""
-    consumer = type("WorkerConsumer", (LeanDeliveryConsumer,), {"fetch_wait_ms": fetch_wait_ms})
+def install_worker_transport(app: faust.App, fetch_wait_ms: int | None, *, lean_delivery: bool = True) -> None:
+    """Give ``app`` the worker consumer: lean delivery (unless ``lean_delivery`` is false) and
+    ``fetch_wait_ms`` as aiokafka's fetch wait when set."""
+    consumer = type("WorkerConsumer", (LeanDeliveryConsumer,),
+                    {"fetch_wait_ms": fetch_wait_ms, "lean_delivery": lean_delivery})
     transport = type("WorkerTransport", (AIOKafkaTransport,), {"Consumer": consumer})
     app.transport = transport(app.conf.broker_consumer, app)

@@ -1,0 +1,19 @@
+"""`clinstream bench consume` runs both deliveries over the same records and reports each."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.consume_bench import run_consume_bench
+
+
+@pytest.mark.timeout(240)
+def test_both_deliveries_consume_every_record_and_report_their_cost() -> None:
+    result = run_consume_bench(records=1500, rounds=1, timeout_s=180)
+    for mode in ("faust", "lean"):
+        (run,) = result[f"{mode}_runs"]
+        assert run["mode"] == mode
+        assert run["records"] >= 1000  # everything after the first batch, which is not measured
+        assert result[f"{mode}_cpu_us_per_record"] > 0 and result[f"{mode}_records_per_s"] > 0
+    assert result["cpu_ratio_faust_over_lean"] == pytest.approx(
+        result["faust_cpu_us_per_record"] / result["lean_cpu_us_per_record"], rel=0.01)
