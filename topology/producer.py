@@ -27,7 +27,32 @@ class DeliveryError(RuntimeError):
     """The broker did not durably accept a record; the sender must not be acknowledged."""
 
 
-class DurableProducer:
+class _PolledProducer:
+    """A librdkafka producer with the thread that polls it (delivery reports are served there)."""
+
+    def _start(self, conf: dict[str, Any], thread_name: str) -> None:
+        self._producer = Producer(conf)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_loop, name=thread_name, daemon=True)
+        self._thread.start()
+
+    def _poll_loop(self) -> None:
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return self._producer.flush(timeout)
+
+    def _shutdown(self, timeout: float) -> int:
+        """Flush, stop the poll thread; the number of records still undelivered."""
+        remaining: int = self._producer.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout=2)
+        if remaining:
+            log.warning("producer closed with %d undelivered records", remaining)
+        return remaining
+
+
+class DurableProducer(_PolledProducer):
     def __init__(self, settings: KafkaSettings, *, linger_ms: int = 0, **overrides: Any) -> None:
         # linger 0: a sender waiting for its ACK should not wait for a batch to fill; librdkafka still
         # batches whatever queues up while a produce request is in flight (bench mllp: 1 connection
@@ -41,10 +66,7 @@ class DurableProducer:
                 **overrides,
             }
         )
-        self._producer = Producer(conf)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll_loop, name="producer-poll", daemon=True)
-        self._thread.start()
+        self._start(conf, "producer-poll")
 
     def _poll_loop(self) -> None:
         # Delivery callbacks run on this thread and hop back to the owning event loop.
@@ -151,15 +173,8 @@ class DurableProducer:
         """Fire-and-flush: for tools that call ``flush()`` afterwards (redrive, replay)."""
         self._produce_waiting(topic, value, key=key, headers=list(headers or ()))
 
-    def flush(self, timeout: float = 30.0) -> int:
-        return self._producer.flush(timeout)
-
     def close(self, timeout: float = 30.0) -> None:
-        remaining = self._producer.flush(timeout)
-        self._stop.set()
-        self._thread.join(timeout=2)
-        if remaining:
-            log.warning("producer closed with %d undelivered records", remaining)
+        self._shutdown(timeout)
 
 
 class _Batch:
@@ -184,7 +199,7 @@ class _Batch:
             self.loop.call_soon_threadsafe(_set_result, self.future, None)
 
 
-class BatchProducer:
+class BatchProducer(_PolledProducer):
     """Batches of records, each with one future that resolves once all its records are durable.
 
     For the stream agents' outputs, a dozen-odd records per input event. ``DurableProducer``
@@ -217,13 +232,10 @@ class BatchProducer:
                 "delivery.report.only.error": True,  # completion is the out-queue's length, not reports
             }
         )
-        self._producer = Producer(conf)
         self._poll_interval_s = poll_interval_s
         self._lock = threading.Lock()
         self._handed_over: list[_Batch] = []  # every record produced; waiting for the out-queue to empty
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll_loop, name="batch-producer-poll", daemon=True)
-        self._thread.start()
+        self._start(conf, "batch-producer-poll")
 
     def send_batch(
         self, records: Sequence[tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]
@@ -260,15 +272,8 @@ class BatchProducer:
                 for batch in done:
                     batch.complete()
 
-    def flush(self, timeout: float = 30.0) -> int:
-        return self._producer.flush(timeout)
-
     def close(self, timeout: float = 30.0) -> None:
-        remaining = self._producer.flush(timeout)
-        self._stop.set()
-        self._thread.join(timeout=2)
-        if remaining:
-            log.warning("producer closed with %d undelivered records", remaining)
+        remaining = self._shutdown(timeout)
         left, self._handed_over = self._handed_over, []
         for batch in left:  # the poll loop stopped before it saw the out-queue empty
             if remaining and batch.error is None:
