@@ -109,7 +109,7 @@ def run_consume_bench(records: int = 30000, rounds: int = 3, timeout_s: float = 
         runs = results[mode]
         summary[f"{mode}_cpu_us_per_record"] = round(statistics.median(r["cpu_us_per_record"] for r in runs), 1)
         summary[f"{mode}_records_per_s"] = round(statistics.median(r["records_per_s"] for r in runs))
-        summary[f"{mode}_runs"] = results[mode]
+        summary[f"{mode}_runs"] = runs
     summary["cpu_ratio_faust_over_lean"] = round(summary["faust_cpu_us_per_record"] /
                                                  summary["lean_cpu_us_per_record"], 2)
     return summary
