@@ -45,6 +45,7 @@ def _child(bootstrap: str, topic: str, records: int, mode: str, out: str) -> Non
     settings = KafkaSettings(bootstrap_servers=bootstrap)
     batch = AgentBatchSettings()
     app = faust.App(f"bench-consume-{mode}-{time.time_ns()}", **settings.faust_broker_kwargs(), store="memory://",
+                    datadir=str(Path(out).parent / f"{mode}-data"),  # beside the result, in the bench's temp dir
                     consumer_auto_offset_reset="earliest", web_enabled=False, topic_disable_leader=True,
                     stream_buffer_maxsize=8192, broker_commit_interval=1.0)
     install_worker_transport(app, fetch_wait_ms(settings), lean_delivery=mode == "lean")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams.consume_bench import run_consume_bench
 
 
 @pytest.mark.timeout(240)
-def test_both_deliveries_consume_every_record_and_report_their_cost() -> None:
+def test_both_deliveries_consume_every_record_and_report_their_cost(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     result = run_consume_bench(records=1500, rounds=1, timeout_s=180)
+    assert list(tmp_path.iterdir()) == []  # the children's Faust data dirs stay in the bench's temp dir
     for mode in ("faust", "lean"):
         (run,) = result[f"{mode}_runs"]
         assert run["mode"] == mode
