@@ -139,12 +139,43 @@ clinstream.io/name: {{ .name }}
 # Python writes caches under HOME; the root filesystem is read-only.
 - name: HOME
   value: /tmp
+{{- with .root.Values.gc }}
+- name: CLINSTREAM_GC_GEN0
+  value: {{ .gen0 | int64 | quote }}
+- name: CLINSTREAM_GC_GEN1
+  value: {{ .gen1 | int64 | quote }}
+- name: CLINSTREAM_GC_GEN2
+  value: {{ .gen2 | int64 | quote }}
+- name: CLINSTREAM_GC_FREEZE
+  value: {{ .freeze | quote }}
+{{- end }}
+{{- with .tuningEnv }}
+{{ . }}
+{{- end }}
 {{- with .root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- with .extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* The worker's batch and state settings, before extraEnv so an extraEnv entry still wins. */}}
+{{- define "clinstream.workerTuningEnv" -}}
+{{- $b := .Values.worker.batch -}}
+{{- $s := .Values.worker.state -}}
+- name: CLINSTREAM_BATCH_SIZE
+  value: {{ $b.size | int64 | quote }}
+- name: CLINSTREAM_BATCH_WITHIN_MS
+  value: {{ $b.withinMs | int64 | quote }}
+- name: CLINSTREAM_STATE_WRITE_BUFFER_MB
+  value: {{ $s.writeBufferMb | int64 | quote }}
+- name: CLINSTREAM_STATE_MAX_WRITE_BUFFERS
+  value: {{ $s.maxWriteBuffers | int64 | quote }}
+- name: CLINSTREAM_STATE_BLOCK_CACHE_MB
+  value: {{ $s.blockCacheMb | int64 | quote }}
+- name: CLINSTREAM_STATE_INDEX_CACHE_ENTRIES
+  value: {{ $s.indexCacheEntries | int64 | quote }}
 {{- end -}}
 
 {{/* envFrom: shared Kafka secret, then the component's own (later keys win). */}}

@@ -478,6 +478,9 @@ def test_cli_parses_the_rendered_commands() -> None:
     ({"sources": {"overrides": {"adt-feed": {"service": {"type": "Ingress"}}}}}, "/sources/overrides/adt-feed"),
     ({"topology": {"name": "t", "sources": [{"name": "Bad Name", "kind": "mllp"}]}}, "/topology/sources/0/name"),
     ({"topology": {"name": "t", "sources": [{"name": "x", "kind": "ftp"}]}}, "/topology/sources/0/kind"),
+    ({"worker": {"state": {"maxWriteBuffers": 1}}}, "/worker/state/maxWriteBuffers"),
+    ({"worker": {"batch": {"sizes": 10}}}, "/worker/batch"),
+    ({"gc": {"freeze": "yes"}}, "/gc/freeze"),
 ])
 def test_values_schema_rejects_wrong_types(values: Obj, where: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=where):
@@ -488,3 +491,87 @@ def test_values_schema_rejects_wrong_types(values: Obj, where: str) -> None:
 def test_values_schema_accepts_the_shipped_values(profile: str) -> None:
     values = None if profile == "default" else copy.deepcopy(PRODUCTION)
     _chart().validate_schema(_chart().merge_values(values))
+
+
+# --- process tuning: one named value per setting of the processes ---------------------------
+
+
+def _tuning_groups() -> list[tuple[tuple[str, ...], type[Any], str]]:
+    from streams.app import AgentBatchSettings
+    from streams.state import StateStoreSettings
+    from topology.runtime import GcSettings
+
+    return [(("worker", "batch"), AgentBatchSettings, "CLINSTREAM_BATCH_"),
+            (("worker", "state"), StateStoreSettings, "CLINSTREAM_STATE_"),
+            (("gc",), GcSettings, "CLINSTREAM_GC_")]
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+
+
+def _at(tree: Obj, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _bounds(model: type[Any], field: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for rule in model.model_fields[field].metadata:
+        if getattr(rule, "ge", None) is not None:
+            out["minimum"] = rule.ge
+        if getattr(rule, "le", None) is not None:
+            out["maximum"] = rule.le
+    return out
+
+
+def test_tuning_values_name_every_setting_with_its_default_and_bounds() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    for path, model, prefix in _tuning_groups():
+        values = _at(_chart().values, path)
+        where = ".".join(path)
+        assert {_snake(k) for k in values} == set(model.model_fields), f"{where} vs {model.__name__}"
+        node = schema
+        for key in path:
+            node = node["properties"][key]
+        for key, value in values.items():
+            field = _snake(key)
+            assert value == model.model_fields[field].default, f"{where}.{key}: chart default vs {prefix}"
+            declared = {k: v for k, v in node["properties"][key].items() if k in ("minimum", "maximum")}
+            assert declared == _bounds(model, field), f"{where}.{key}: schema bounds vs {model.__name__}"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_tuning_values_reach_the_processes(profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = None if profile == "default" else copy.deepcopy(PRODUCTION)
+    values = _chart().merge_values(values)
+    values["worker"]["batch"] = {"size": 250, "withinMs": 15}
+    values["worker"]["state"] = {"writeBufferMb": 32, "maxWriteBuffers": 3, "blockCacheMb": 64,
+                                 "indexCacheEntries": 5_000_000}
+    values["gc"] = {"gen0": 10_000_000, "gen1": 7, "gen2": 9, "freeze": False}
+    docs = render(values)
+    for where, spec in pod_specs(tuple(docs)):
+        env = env_of(spec["containers"][0])
+        is_worker = where.startswith("StatefulSet/")
+        for path, model, prefix in _tuning_groups():
+            named = {k: v for k, v in env.items() if k.startswith(prefix)}
+            if path[0] == "worker" and not is_worker:
+                assert named == {}, where
+                continue
+            for k in [k for k in os.environ if k.startswith(prefix)]:
+                monkeypatch.delenv(k)
+            for k, v in named.items():
+                monkeypatch.setenv(k, v)
+            loaded = model()
+            expected = {_snake(k): v for k, v in _at(values, path).items()}
+            assert loaded.model_dump() == expected, f"{where}: {prefix}"
+
+
+def test_worker_extra_env_overrides_a_tuning_value() -> None:
+    values = {"worker": {"extraEnv": [{"name": "CLINSTREAM_BATCH_SIZE", "value": "64"}]}}
+    docs = tuple(render(values))
+    container = one(docs, "StatefulSet", "rel-clinstream-worker")["spec"]["template"]["spec"]["containers"][0]
+    names = [e["name"] for e in container["env"]]
+    assert names.count("CLINSTREAM_BATCH_SIZE") == 2
+    assert env_of(container)["CLINSTREAM_BATCH_SIZE"] == "64"  # the later entry: what Kubernetes applies
