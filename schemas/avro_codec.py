@@ -12,6 +12,7 @@ extend this module (and its tests) before using them in a schema on the hot path
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -247,3 +248,54 @@ def compile_codec(schema: dict[str, Any]) -> tuple[Callable[[dict[str, Any]], by
         return record
 
     return encode, decode
+
+
+# --- the schema's identity ------------------------------------------------------------------
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_CANONICAL_KEYS = ("name", "type", "fields", "symbols", "items", "values", "size")  # [STRIP] and [ORDER]
+
+
+def parsing_canonical_form(schema: Any) -> str:
+    """The schema's Parsing Canonical Form (Avro specification), what its fingerprint is taken over.
+
+    Two schemas that read and write the same bytes have the same form: docs, defaults, aliases
+    and whitespace are dropped, names are made full, keys are put in the specification's order.
+    Written here so the processes that send the fingerprint do not import fastavro (the tests
+    check the form against fastavro's)."""
+    return json.dumps(_canonical(schema, "", set()), separators=(",", ":"), ensure_ascii=False)
+
+
+def _fullname(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _canonical(schema: Any, namespace: str, named: set[str]) -> Any:
+    if isinstance(schema, str):
+        return schema if schema in _PRIMITIVES else _fullname(schema, namespace)
+    if isinstance(schema, list):
+        return [_canonical(s, namespace, named) for s in schema]
+    kind = schema["type"]
+    if kind in _PRIMITIVES and isinstance(kind, str):  # [PRIMITIVES] {"type": "int"} -> "int"
+        return kind
+    if not isinstance(kind, str) or kind not in ("record", "error", "enum", "fixed", "array", "map"):
+        return _canonical(kind, namespace, named)  # {"type": <schema>}: that schema
+    out: dict[str, Any] = {}
+    if kind in ("record", "error", "enum", "fixed"):
+        full = _fullname(schema["name"], schema.get("namespace", namespace))
+        named.add(full)
+        namespace = full.rpartition(".")[0]
+        out["name"] = full
+    out["type"] = kind
+    if kind in ("record", "error"):
+        out["fields"] = [{"name": f["name"], "type": _canonical(f["type"], namespace, named)}
+                         for f in schema["fields"]]
+    elif kind == "enum":
+        out["symbols"] = list(schema["symbols"])
+    elif kind == "array":
+        out["items"] = _canonical(schema["items"], namespace, named)
+    elif kind == "map":
+        out["values"] = _canonical(schema["values"], namespace, named)
+    else:
+        out["size"] = int(schema["size"])
+    return {k: out[k] for k in _CANONICAL_KEYS if k in out}

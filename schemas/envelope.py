@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
-from schemas.avro_codec import AvroCodecError, compile_codec
+from schemas.avro_codec import AvroCodecError, compile_codec, parsing_canonical_form
+from schemas.headers import SCHEMA_FINGERPRINT as SCHEMA_HEADER
 from schemas.ids import uuid5_str
 
 SCHEMA_PATH = Path(__file__).with_name("clinical_event.avsc")
@@ -83,10 +84,16 @@ def parsed_schema() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def schema_fingerprint() -> str:
-    """Canonical-form SHA-256 fingerprint, sent in the ``clinstream-schema`` header."""
-    from fastavro.schema import fingerprint, to_parsing_canonical_form
+    """SHA-256 of the schema's Parsing Canonical Form: the ``clinstream-schema`` header of every
+    record this build encodes, and the only writer schema it decodes (DESIGN §3: without a Schema
+    Registry the fingerprint travels in a header and the schema ships in ``schemas/``)."""
+    form = parsing_canonical_form(json.loads(SCHEMA_PATH.read_text()))
+    return hashlib.sha256(form.encode()).hexdigest()
 
-    return fingerprint(to_parsing_canonical_form(parsed_schema()), "SHA-256")
+
+def schema_header() -> tuple[str, bytes]:
+    """The ``clinstream-schema`` header, ready for a Kafka header list."""
+    return SCHEMA_HEADER, schema_fingerprint().encode()
 
 
 def event_id_for(source: str, raw: bytes) -> str:
@@ -116,7 +123,15 @@ def encode_event(event: dict[str, Any]) -> bytes:
         raise EnvelopeError(f"cannot encode ClinicalEvent: {exc}") from exc
 
 
-def decode_event(data: bytes) -> dict[str, Any]:
+def decode_event(data: bytes, schema: str | bytes | None = None) -> dict[str, Any]:
+    """``schema``: the record's ``clinstream-schema`` header, if it has one. A record written with
+    another schema is refused (its bytes cannot be read with this one), never misread."""
+    if schema:
+        if isinstance(schema, bytes):
+            schema = schema.decode("utf-8", "replace")
+        if schema != schema_fingerprint():
+            raise EnvelopeError(f"record written with schema {schema[:16]}..., not the {SCHEMA_PATH.name} "
+                                f"this build reads ({schema_fingerprint()[:16]}...)")
     try:
         record = _codec()[1](data)
         record["resources"] = orjson.loads(record.pop("resources_json"))

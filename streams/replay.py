@@ -30,7 +30,7 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from schemas import headers as H
-from schemas.envelope import EnvelopeError, decode_event, encode_event
+from schemas.envelope import EnvelopeError, decode_event, encode_event, schema_fingerprint
 from streams.route.consent import ConsentError, ConsentState
 from streams.route.plan import Delivered, DestinationPlan, compile_topology
 from streams.topic_reader import PartitionReader, TopicReadTimeout, read_topics, tool_consumer
@@ -194,8 +194,9 @@ def replay(
                 ahead = report.read / rate - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
+            msg_headers = H.as_dict(msg.headers())
             try:
-                event = decode_event(msg.value() or b"")
+                event = decode_event(msg.value() or b"", msg_headers.get(H.SCHEMA_FINGERPRINT))
             except EnvelopeError:
                 report.errors["not-a-clinical-event"] += 1
                 continue
@@ -210,8 +211,9 @@ def replay(
                 hdrs = H.encode([
                     (H.EVENT_ID, event["event_id"]),
                     (H.SOURCE, event.get("source") or ""),
-                    (H.TRACEPARENT, H.as_dict(msg.headers()).get(H.TRACEPARENT, "")),
+                    (H.TRACEPARENT, msg_headers.get(H.TRACEPARENT, "")),
                     (H.RECEIVED_AT, event.get("received_at") or ""),
+                    (H.SCHEMA_FINGERPRINT, schema_fingerprint()),
                     (REPLAY_HEADER, report.run_id),
                 ])
                 _produce(producer, plan.topic, encode_event(decision.event), key, hdrs, on_delivery)

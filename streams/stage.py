@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas import headers as H
 from schemas.envelope import decode_event
 
 
@@ -38,7 +39,9 @@ class InRecord:
 
 def event_of(record: InRecord) -> dict[str, Any]:
     """The record's envelope: the one handed over in memory, else decoded from the bytes."""
-    return record.event if record.event is not None else decode_event(record.value)
+    if record.event is not None:
+        return record.event
+    return decode_event(record.value, record.headers.get(H.SCHEMA_FINGERPRINT))
 
 
 @dataclass(slots=True)

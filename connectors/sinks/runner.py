@@ -37,7 +37,7 @@ from connectors.sinks.errors import SinkError, SinkOffsetsMoved, SinkRejected, S
 from connectors.sinks.registry import create_sink
 from schemas import metrics
 from schemas.envelope import EnvelopeError, decode_event
-from schemas.headers import as_dict, dlq_headers
+from schemas.headers import SCHEMA_FINGERPRINT, as_dict, dlq_headers
 from topology.broker import fetch_wait_config
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.model import Topology, load_topology
@@ -259,12 +259,13 @@ class SinkRunner:
             part, offset = msg.partition(), msg.offset()
             polled = by_part.setdefault(part, _Polled(part))
             polled.next_offset = offset + 1
+            headers = as_dict(msg.headers())
             try:
-                event = decode_event(msg.value() or b"")
+                event = decode_event(msg.value() or b"", headers.get(SCHEMA_FINGERPRINT))
             except EnvelopeError as exc:
                 polled.undecodable.append((msg, exc))
                 continue
-            polled.records.append(SinkRecord(offset, msg.key(), event, as_dict(msg.headers())))
+            polled.records.append(SinkRecord(offset, msg.key(), event, headers))
             polled.raw[offset] = msg
         return [p for p in by_part.values() if p.next_offset >= 0]
 

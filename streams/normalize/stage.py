@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas import headers as H
-from schemas.envelope import encode_event, event_id_for, utc_now_iso
+from schemas.envelope import encode_event, event_id_for, schema_fingerprint, utc_now_iso
 from streams.normalize.hl7v2 import convert_message, event_summary
 from streams.stage import InRecord, Outcome, Output
 from topology.model import CANONICAL
@@ -34,6 +34,7 @@ class NormalizeStage:
             (H.SOURCE, source),
             (H.TRACEPARENT, record.headers.get(H.TRACEPARENT, "")),
             (H.RECEIVED_AT, event["received_at"]),
+            (H.SCHEMA_FINGERPRINT, schema_fingerprint()),
         ]
         if H.REDRIVE_COUNT in record.headers:  # dedupe lets an operator's redrive through
             pairs.append((H.REDRIVE_COUNT, record.headers[H.REDRIVE_COUNT]))

@@ -23,7 +23,7 @@ import orjson
 
 from schemas import headers as H
 from schemas import metrics
-from schemas.envelope import encode_event
+from schemas.envelope import encode_event, schema_fingerprint
 from streams.route.consent import ConsentState, update_from_event
 from streams.route.plan import Delivered, DestinationPlan, compile_topology, load_keys
 from streams.route.triggers import TriggerSet, compile_triggers
@@ -99,6 +99,7 @@ class RouteStage:
                 (H.SOURCE, projected.get("source") or ""),
                 (H.TRACEPARENT, trace),
                 (H.RECEIVED_AT, projected.get("received_at") or ""),
+                (H.SCHEMA_FINGERPRINT, schema_fingerprint()),
             ])
             outputs.append(Output(plan.topic, encode_event(projected), dest_key, dest_hdrs))
             outputs.append(Output(AUDIT, orjson.dumps(decision.disclosure), audit_key, hdrs))

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from schemas.envelope import encode_event
+from schemas.envelope import encode_event, schema_header
 from schemas.headers import EVENT_ID, SOURCE, encode
 from tests.support.kafka import TEST_CONSUMER_CONF
 
@@ -36,9 +36,13 @@ def make_event(i: int, destination: str = "x", *, event_id: str | None = None, e
     return ev
 
 
-def produce(bootstrap: str, topic: str, records: Iterable[bytes | dict[str, Any]], *,
+Header = tuple[str, bytes]
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[bytes | dict[str, Any] | tuple[bytes, list[Header]]], *,
             key: Callable[[int], bytes | None] = lambda i: f"k{i % 7}".encode()) -> dict[int, int]:
-    """Produce encoded events (dicts are encoded; bytes go as they are).
+    """Produce encoded events (dicts are encoded with the headers the stages send; bytes go as they
+    are, without headers; a ``(bytes, headers)`` pair goes with those headers).
 
     Returns partition -> next offset (last delivered offset + 1) from the delivery reports:
     the embedded broker's ListOffsets (high watermark) answers are not reliable.
@@ -56,7 +60,9 @@ def produce(bootstrap: str, topic: str, records: Iterable[bytes | dict[str, Any]
     for i, rec in enumerate(records):
         if isinstance(rec, dict):
             value = encode_event(rec)
-            headers = encode([(EVENT_ID, rec["event_id"]), (SOURCE, rec["source"])])
+            headers = [*encode([(EVENT_ID, rec["event_id"]), (SOURCE, rec["source"])]), schema_header()]
+        elif isinstance(rec, tuple):
+            value, headers = rec
         else:
             value, headers = rec, []
         producer.produce(topic, value=value, key=key(i), headers=headers, on_delivery=on_delivery)

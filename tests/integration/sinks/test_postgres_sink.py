@@ -9,7 +9,8 @@ import psycopg
 
 from connectors.sinks.registry import create_sink
 from connectors.sinks.runner import SinkRunner
-from schemas.headers import as_dict
+from schemas.envelope import encode_event
+from schemas.headers import SCHEMA_FINGERPRINT, as_dict
 from tests.integration.sinks.conftest import Dest
 from tests.support.events import RunnerThread, consume_all, make_event, produce, wait_until
 from topology.model import SinkSpec
@@ -78,19 +79,24 @@ def test_undecodable_and_rejected_records_go_to_dlq(
     garbage = b"\x00\x01 definitely not avro"
     # jsonb refuses \u0000: PostgreSQL rejects this one event for good (SinkRejected → DLQ).
     poison = make_event(2, dest.name, resources=[{"resourceType": "Patient", "id": "nul\u0000byte"}])
-    records = [make_event(0, dest.name), garbage, poison, make_event(3, dest.name), make_event(4, dest.name)]
+    # a well-formed envelope, but written with a schema this build does not have: refused, not misread
+    foreign = (encode_event(make_event(5, dest.name)), [(SCHEMA_FINGERPRINT, b"f" * 64)])
+    records = [make_event(0, dest.name), garbage, poison, make_event(3, dest.name), make_event(4, dest.name), foreign]
     hw = produce(dest.bootstrap, dest.topic, records, key=lambda i: b"same-partition")
 
     with RunnerThread(_runner(dest, fresh_pg_dsn, "events", unique_name("g"))) as rt:
         wait_until(lambda: (rt.check(), _offsets(fresh_pg_dsn, dest.topic) == hw)[1],
-                   30, "offsets past all 5 records")
+                   30, "offsets past all 6 records")
     assert _count(fresh_pg_dsn, "events") == 3
-    assert rt.result.dlq == 2 and rt.result.delivered == 3
+    assert rt.result.dlq == 3 and rt.result.delivered == 3
 
-    ours = consume_all(dest.bootstrap, "dlq.sink", expected=2, group=unique_name("dlq"),
+    ours = consume_all(dest.bootstrap, "dlq.sink", expected=3, group=unique_name("dlq"),
                        match=lambda m: as_dict(m.headers()).get("origin-topic") == dest.topic)
     by_offset = {int(as_dict(m.headers())["origin-offset"]): m for m in ours}
-    assert sorted(by_offset) == [1, 2]
+    assert sorted(by_offset) == [1, 2, 5]
+    h5 = as_dict(by_offset[5].headers())
+    assert h5["error-class"] == "EnvelopeError" and "schema ffffffffffffffff" in h5["error-message"]
+    assert by_offset[5].value() == foreign[0]
     h1 = as_dict(by_offset[1].headers())
     assert by_offset[1].value() == garbage
     assert h1["error-stage"] == "sink" and h1["error-class"] == "EnvelopeError"

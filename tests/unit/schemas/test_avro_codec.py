@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from io import BytesIO
+from typing import Any
 
 import fastavro
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.avro_codec import AvroCodecError, compile_codec
-from schemas.envelope import EnvelopeError, _codec, decode_event, encode_event, parsed_schema
+from schemas.avro_codec import AvroCodecError, compile_codec, parsing_canonical_form
+from schemas.envelope import SCHEMA_PATH, EnvelopeError, _codec, decode_event, encode_event, parsed_schema
 
 text = st.text(max_size=80)
 opt_text = st.none() | text
@@ -81,3 +84,29 @@ def test_unsupported_schema_types_are_refused_at_compile_time() -> None:
         compile_codec({"type": "record", "name": "R", "fields": [{"name": "b", "type": "bytes"}]})
     with pytest.raises(AvroCodecError, match="union"):
         compile_codec({"type": "record", "name": "R", "fields": [{"name": "u", "type": ["string", "null"]}]})
+
+
+# --- Parsing Canonical Form (the fingerprint's input), against fastavro's ------------------------
+
+_SCHEMAS = [
+    "string",
+    {"type": "long"},
+    {"type": "record", "name": "A", "namespace": "org.x", "doc": "dropped", "aliases": ["B"], "fields": [
+        {"name": "n", "type": {"type": "int"}, "default": 0, "doc": "dropped"},
+        {"name": "e", "type": {"type": "enum", "name": "Colour", "symbols": ["RED", "GREEN"]}},
+        {"name": "f", "type": {"type": "fixed", "name": "org.y.Hash", "size": 16}},
+        {"name": "again", "type": "Colour"},
+        {"name": "m", "type": {"type": "map", "values": ["null", "org.y.Hash"]}},
+        {"name": "inner", "type": {"type": "record", "name": "Inner", "fields": [
+            {"name": "xs", "type": {"type": "array", "items": "double"}},
+            {"name": "café", "type": ["null", "bytes", "boolean", "float"]}]}},
+    ]},
+    json.loads(SCHEMA_PATH.read_text()),
+]
+
+
+@pytest.mark.parametrize("schema", _SCHEMAS, ids=["primitive", "wrapped-primitive", "named-types", "envelope"])
+def test_parsing_canonical_form_is_fastavros(schema: Any) -> None:
+    from fastavro.schema import parse_schema, to_parsing_canonical_form
+
+    assert parsing_canonical_form(schema) == to_parsing_canonical_form(parse_schema(copy.deepcopy(schema)))
