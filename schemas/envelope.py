@@ -32,6 +32,10 @@ class EnvelopeError(ValueError):
     """A record that is not a valid ClinicalEvent."""
 
 
+class SchemaMismatchError(EnvelopeError):
+    """A record whose ``clinstream-schema`` header names a schema this build does not read."""
+
+
 class SourceIdentifier(BaseModel):
     system: str | None = None
     value: str
@@ -130,8 +134,8 @@ def decode_event(data: bytes, schema: str | bytes | None = None) -> dict[str, An
         if isinstance(schema, bytes):
             schema = schema.decode("utf-8", "replace")
         if schema != schema_fingerprint():
-            raise EnvelopeError(f"record written with schema {schema[:16]}..., not the {SCHEMA_PATH.name} "
-                                f"this build reads ({schema_fingerprint()[:16]}...)")
+            raise SchemaMismatchError(f"record written with schema {schema[:16]}..., not the {SCHEMA_PATH.name} "
+                                      f"this build reads ({schema_fingerprint()[:16]}...)")
     try:
         record = _codec()[1](data)
         record["resources"] = orjson.loads(record.pop("resources_json"))

@@ -30,7 +30,7 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from schemas import headers as H
-from schemas.envelope import EnvelopeError, decode_event, encode_event, schema_fingerprint
+from schemas.envelope import EnvelopeError, SchemaMismatchError, decode_event, encode_event, schema_fingerprint
 from streams.route.consent import ConsentError, ConsentState
 from streams.route.plan import Delivered, DestinationPlan, compile_topology
 from streams.topic_reader import PartitionReader, TopicReadTimeout, read_topics, tool_consumer
@@ -197,6 +197,9 @@ def replay(
             msg_headers = H.as_dict(msg.headers())
             try:
                 event = decode_event(msg.value() or b"", msg_headers.get(H.SCHEMA_FINGERPRINT))
+            except SchemaMismatchError:
+                report.errors["other-schema"] += 1
+                continue
             except EnvelopeError:
                 report.errors["not-a-clinical-event"] += 1
                 continue

@@ -95,7 +95,7 @@ def test_undecodable_and_rejected_records_go_to_dlq(
     by_offset = {int(as_dict(m.headers())["origin-offset"]): m for m in ours}
     assert sorted(by_offset) == [1, 2, 5]
     h5 = as_dict(by_offset[5].headers())
-    assert h5["error-class"] == "EnvelopeError" and "schema ffffffffffffffff" in h5["error-message"]
+    assert h5["error-class"] == "SchemaMismatchError" and "schema ffffffffffffffff" in h5["error-message"]
     assert by_offset[5].value() == foreign[0]
     h1 = as_dict(by_offset[1].headers())
     assert by_offset[1].value() == garbage

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas import headers as H
-from schemas.envelope import decode_event, encode_event
+from schemas.envelope import decode_event, encode_event, schema_fingerprint, schema_header
 from streams.replay import REPLAY_HEADER, ReplayError, parse_rate, parse_time, replay
 from tests.support.topics import create_topics, read_all
 from topology.model import AUDIT, DestinationSpec, Topology
@@ -45,12 +45,16 @@ def history(kafka_bootstrap: str, unique_name):
     records = [(encode_event(event()), base) for _ in range(3)]  # before the window
     records += [(encode_event(e), base + timedelta(hours=2, minutes=i)) for i, e in enumerate(in_window)]
     records += [(encode_event(event("ORU^R01")), base + timedelta(hours=2, minutes=30)),  # not for this destination
-                (b"not avro", base + timedelta(hours=3))]
+                (b"not avro", base + timedelta(hours=3)),
+                # written with a schema this build does not have: counted, never misread
+                (encode_event(event()), base + timedelta(hours=3, minutes=5))]
+    foreign = len(records) - 1
     records += [(encode_event(event()), base + timedelta(hours=8)) for _ in range(2)]  # after the window
     p = Producer({"bootstrap.servers": kafka_bootstrap})
     for i, (value, ts) in enumerate(records):
+        schema = (H.SCHEMA_FINGERPRINT, b"e" * 64) if i == foreign else schema_header()
         p.produce(source, value, key=f"k{i % 5}".encode(), timestamp=ms(ts),
-                  headers=[(H.TRACEPARENT, b"00-aa-bb-01")])
+                  headers=[(H.TRACEPARENT, b"00-aa-bb-01"), schema])
     assert p.flush(15) == 0
     topo = Topology(name="t", destinations=[DestinationSpec(name=dest, event_types=["ADT^*"],
                                                             allow=["Patient.name", "Patient.gender"])])
@@ -61,8 +65,8 @@ def test_dry_run_counts_and_writes_nothing(history, kafka_bootstrap: str):
     topo, source, dest, base, _ = history
     report = replay(topo, KafkaSettings(bootstrap_servers=kafka_bootstrap), source_topic=source, destination=dest,
                     since=base + timedelta(hours=1), until=base + timedelta(hours=5), dry_run=True)
-    assert (report.read, report.delivered) == (6, 4)
-    assert report.denied == {"event-type": 1} and report.errors == {"not-a-clinical-event": 1}
+    assert (report.read, report.delivered) == (7, 4)
+    assert report.denied == {"event-type": 1} and report.errors == {"not-a-clinical-event": 1, "other-schema": 1}
     assert read_all(kafka_bootstrap, f"dest.{dest}") == []
 
 
@@ -71,7 +75,7 @@ def test_replay_window_delivers_projected_events_and_disclosures(history, kafka_
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     report = replay(topo, settings, source_topic=source, destination=dest, since=base + timedelta(hours=1),
                     until=base + timedelta(hours=5), rate=1000.0)
-    assert (report.read, report.delivered, report.errors["not-a-clinical-event"]) == (6, 4, 1)
+    assert (report.read, report.delivered, report.errors["not-a-clinical-event"]) == (7, 4, 1)
     out = read_all(kafka_bootstrap, f"dest.{dest}", expect=4)
     events = [decode_event(m.value()) for m in out]
     assert {e["event_id"] for e in events} == expected_ids
@@ -79,6 +83,7 @@ def test_replay_window_delivers_projected_events_and_disclosures(history, kafka_
         {"resourceType": "Patient", "name": [{"family": "Doe"}], "gender": "female"}] for e in events)
     h = H.as_dict(out[0].headers())
     assert h[REPLAY_HEADER] == report.run_id and h[H.TRACEPARENT] == "00-aa-bb-01"
+    assert h[H.SCHEMA_FINGERPRINT] == schema_fingerprint()
     assert {m.key() for m in out} == {f"E-{i[:6]}".encode() for i in expected_ids}
     audits = [m for m in read_all(kafka_bootstrap, AUDIT) if H.as_dict(m.headers()).get(REPLAY_HEADER) == report.run_id]
     assert len(audits) == 4
@@ -126,4 +131,4 @@ def test_cli_dry_run_json(history, kafka_bootstrap: str, tmp_path, monkeypatch, 
     assert main(["replay", "-t", str(topo), "--from", source, "--since", since, "--until", until, "--to", dest,
                  "--dry-run", "--rate", "10000/s", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["dry_run"] and out["read"] == 6 and out["delivered"] == 4 and out["denied"] == {"event-type": 1}
+    assert out["dry_run"] and out["read"] == 7 and out["delivered"] == 4 and out["denied"] == {"event-type": 1}

@@ -8,7 +8,7 @@ import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas import headers as H
-from schemas.envelope import SCHEMA_PATH, EnvelopeError, decode_event, parsed_schema, schema_fingerprint
+from schemas.envelope import SCHEMA_PATH, SchemaMismatchError, decode_event, parsed_schema, schema_fingerprint
 from streams.bench import bench_topology
 from streams.chain import StageChain, StageRunner
 from streams.route.stage import RouteStage
@@ -58,7 +58,7 @@ def test_a_reader_refuses_a_record_written_with_another_schema_and_names_both() 
     assert decode_event(value, schema_fingerprint())["event_id"]
     assert decode_event(value, schema_fingerprint().encode())["event_id"]
     assert decode_event(value)["event_id"]  # no header (a producer of its own): read with this schema
-    with pytest.raises(EnvelopeError, match=rf"schema {OTHER_FINGERPRINT[:16]}.*{schema_fingerprint()[:16]}"):
+    with pytest.raises(SchemaMismatchError, match=rf"schema {OTHER_FINGERPRINT[:16]}.*{schema_fingerprint()[:16]}"):
         decode_event(value, OTHER_FINGERPRINT)
 
 
@@ -69,8 +69,8 @@ def test_a_stage_dead_letters_a_record_of_another_schema() -> None:
     record = InRecord(IDENTIFIED, 0, 9, key, value, {H.SCHEMA_FINGERPRINT: OTHER_FINGERPRINT})
     routed: list = []
     outcome = StageRunner(_route()).run(record, record, routed)
-    assert isinstance(outcome.error, EnvelopeError) and not outcome.outputs
+    assert isinstance(outcome.error, SchemaMismatchError) and not outcome.outputs
     (dlq,) = [p for p in routed if p[0] == "dlq.route"]
     headers = H.as_dict(dlq[3])
-    assert headers["error-class"] == "EnvelopeError" and OTHER_FINGERPRINT[:16] in headers["error-message"]
+    assert headers["error-class"] == "SchemaMismatchError" and OTHER_FINGERPRINT[:16] in headers["error-message"]
     assert dlq[2] == value and headers["origin-offset"] == "9"
