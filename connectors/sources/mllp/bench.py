@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import resource
 import statistics
 import time
 from typing import Any
@@ -28,7 +29,12 @@ def sample_message(i: int) -> bytes:
     ).encode()
 
 
-def _serve(bootstrap: str, topic: str, port_q: Any, stop_ev: Any) -> None:
+def _process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _serve(bootstrap: str, topic: str, port_q: Any, stop_ev: Any, cpu_s: Any) -> None:
     from connectors.sources.mllp.listener import MllpListener, MllpOptions
     from topology.settings import KafkaSettings
 
@@ -36,8 +42,9 @@ def _serve(bootstrap: str, topic: str, port_q: Any, stop_ev: Any) -> None:
         lst = MllpListener("bench", topic, MllpOptions(port=0), KafkaSettings(bootstrap_servers=bootstrap))
         await lst.start()
         port_q.put(lst.port)
-        while not stop_ev.is_set():
-            await asyncio.sleep(0.1)
+        while not stop_ev.is_set():  # the listener's CPU so far, for the load's CPU per message
+            cpu_s.value = _process_cpu_s()
+            await asyncio.sleep(0.02)
         await lst.stop()
 
     asyncio.run(main())
@@ -90,13 +97,19 @@ def run_mllp_bench(bootstrap: str, connections: int, messages: int, warmup: int 
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     ctx = mp.get_context("spawn")
-    port_q, stop_ev = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_serve, args=(bootstrap, topic, port_q, stop_ev), daemon=True)
+    port_q, stop_ev, cpu_s = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
+    proc = ctx.Process(target=_serve, args=(bootstrap, topic, port_q, stop_ev, cpu_s), daemon=True)
     proc.start()
     try:
         port = port_q.get(timeout=60)
         asyncio.run(_load(port, min(connections, warmup), warmup))
-        return asyncio.run(_load(port, connections, messages))
+        time.sleep(0.1)  # the listener's CPU sample catches up with the warm-up
+        before = cpu_s.value
+        result = asyncio.run(_load(port, connections, messages))
+        time.sleep(0.1)
+        # sampled every 20 ms: on a run of a few seconds the figure is within a few percent
+        result["listener_cpu_ms_per_msg"] = round((cpu_s.value - before) * 1000 / max(result["acked"], 1), 4)
+        return result
     finally:
         stop_ev.set()
         proc.join(timeout=15)
@@ -122,6 +135,7 @@ def bench_mllp_command(args: argparse.Namespace) -> int:
     else:
         print(
             f"MLLP {result['connections']} connections, {result['acked']} acked, {result['errors']} errors: "
-            f"{result['msgs_per_s']:.0f} msg/s, ACK latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms"
+            f"{result['msgs_per_s']:.0f} msg/s, ACK latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+            f"listener CPU {result['listener_cpu_ms_per_msg']} ms/msg"
         )
     return 0 if result["errors"] == 0 else 1

@@ -187,14 +187,20 @@ class MllpListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         decoder = MllpDecoder(self.options.max_message_bytes)
+        chunk_bytes, idle_s = self.options.read_chunk_bytes, self.options.idle_timeout_s
         while True:
-            chunk = await asyncio.wait_for(reader.read(self.options.read_chunk_bytes), self.options.idle_timeout_s)
+            # asyncio.timeout, not wait_for: wait_for wraps every read in a task of its own (3.11)
+            async with asyncio.timeout(idle_s):
+                chunk = await reader.read(chunk_bytes)
             if not chunk:
                 return
             events = decoder.feed(chunk)
             if not events:
                 continue
-            acks = await asyncio.gather(*(self._handle(ev, peer) for ev in events))
+            if len(events) == 1:  # a sender waiting for each ACK: one frame per read, no gather task
+                acks = [await self._handle(events[0], peer)]
+            else:
+                acks = await asyncio.gather(*(self._handle(ev, peer) for ev in events))
             out = b"".join(frame(a) for a in acks if a is not None)
             if out:
                 writer.write(out)

@@ -91,3 +91,29 @@ async def test_bad_encoding_characters_get_ar(listener: MllpListener):
     async with MllpClient("127.0.0.1", listener.port) as client:
         ack = await client.send(b"MSH|\r")
     assert ack_code_of(ack)[0] == "AR"
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout(kafka_bootstrap: str, unique_name):
+    topic = unique_name("raw.hl7v2")
+    create_topics(kafka_bootstrap, [topic, DLQ_INGEST], partitions=1)
+    lst = MllpListener("idle-feed", topic, MllpOptions(port=0, idle_timeout_s=0.5),
+                       KafkaSettings(bootstrap_servers=kafka_bootstrap))
+    await lst.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lst.port)
+        writer.write(frame(adt(1)))
+        await writer.drain()
+        ack = await asyncio.wait_for(reader.readuntil(b"\x1c\x0d"), 10)
+        assert ack_code_of(ack[1:-2])[0] == "AA"
+        assert lst.stats.connections == 1
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the listener closed it: EOF
+        assert 0.3 < asyncio.get_running_loop().time() - started < 5
+        for _ in range(50):
+            if lst.stats.connections == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert lst.stats.connections == 0
+        writer.close()
+    finally:
+        await lst.stop()
