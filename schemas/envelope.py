@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -106,8 +107,19 @@ def event_id_for(source: str, raw: bytes) -> str:
     return uuid5_str(EVENT_NAMESPACE, f"{source}\x1f{digest}")
 
 
+_LAST_NOW: tuple[int, str] = (-1, "")  # (epoch ms, its text): stamps within one millisecond are one string
+
+
 def utc_now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The UTC instant now, to the millisecond (``2024-05-01T10:00:01.250Z``)."""
+    global _LAST_NOW
+    ms = time.time_ns() // 1_000_000
+    last = _LAST_NOW  # one read: another thread may replace it, never half-way
+    if last[0] == ms:
+        return last[1]
+    text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    _LAST_NOW = (ms, text)
+    return text
 
 
 @lru_cache(maxsize=1)

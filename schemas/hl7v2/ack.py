@@ -6,14 +6,15 @@ milliseconds per message on the listener's hot path for no gain.
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Literal
 
 from schemas.hl7v2.errors import Hl7ParseError
 from schemas.hl7v2.msh import MshHeader
-from schemas.hl7v2.parser import Encoding, escape, parse_message
+from schemas.hl7v2.parser import Encoding, codec_for_charset, escape, parse_message
 
 __all__ = ["ERROR_CODES", "AckCode", "AckError", "ack_code_of", "build_ack"]
 
@@ -68,6 +69,7 @@ class AckError:
         )
 
 
+@lru_cache(maxsize=64)  # a listener's senders speak a handful of versions
 def _version_tuple(version: str) -> tuple[int, ...]:
     out: list[int] = []
     for part in version.split(".")[:3]:
@@ -78,11 +80,20 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+_LAST_TS: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")  # one ACK time per second
+
+
 def _ts(now: datetime) -> str:
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    offset = now.strftime("%z") or "+0000"
-    return now.strftime("%Y%m%d%H%M%S") + offset
+    global _LAST_TS
+    second = now.replace(microsecond=0)
+    last = _LAST_TS  # one read: another thread may replace it, never half-way
+    if last[0] == second and second.utcoffset() == last[0].utcoffset():
+        return last[1]
+    text = second.strftime("%Y%m%d%H%M%S") + (second.strftime("%z") or "+0000")
+    _LAST_TS = (second, text)
+    return text
 
 
 def _err_segment(error: AckError, enc: Encoding, version: tuple[int, ...]) -> str:
@@ -123,7 +134,7 @@ def build_ack(
     if code not in ("AA", "AE", "AR", "CA", "CE", "CR"):
         raise ValueError(f"invalid acknowledgement code {code!r}")
     now = now or datetime.now(UTC)
-    control = control_id or uuid.uuid4().hex[:20].upper()
+    control = control_id or os.urandom(10).hex().upper()  # 80 random bits, 20 characters (MSH-10 allows 20)
     if header is None:
         enc = _DEFAULT_ENCODING
         version_s, trigger, orig_control, processing = _DEFAULT_VERSION, "", "", "P"
@@ -172,9 +183,7 @@ def build_ack(
 
 
 def _encode(text: str, charset: str) -> bytes:
-    from schemas.hl7v2.parser import codec_for_charset
-
-    codec = codec_for_charset(charset) or "utf-8"
+    codec = (codec_for_charset(charset) or "utf-8") if charset else "utf-8"
     try:
         return text.encode(codec)
     except (UnicodeEncodeError, LookupError):
