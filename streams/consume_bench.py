@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,14 +23,11 @@ from typing import Any
 
 import orjson
 
+from topology.runtime import process_cpu_s
+
 __all__ = ["add_bench_consume_parser", "run_consume_bench"]
 
 _MODES = ("faust", "lean")
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _child(bootstrap: str, topic: str, records: int, mode: str, out: str) -> None:
@@ -56,14 +52,14 @@ def _child(bootstrap: str, topic: str, records: int, mode: str, out: str) -> Non
     async def count(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(batch.size, within=batch.within_ms / 1000):
             if seen["first"] is None:  # from the first batch on: no start-up, no group join
-                seen["first"] = (time.perf_counter(), _cpu_s(), len(events))
+                seen["first"] = (time.perf_counter(), process_cpu_s(), len(events))
             seen["n"] += len(events)
             if seen["n"] >= records:
                 wall0, cpu0, first = seen["first"]
                 n = seen["n"] - first
                 Path(out).write_text(json.dumps({
                     "mode": mode, "records": n, "records_per_s": n / (time.perf_counter() - wall0),
-                    "cpu_us_per_record": (_cpu_s() - cpu0) / n * 1e6}))
+                    "cpu_us_per_record": (process_cpu_s() - cpu0) / n * 1e6}))
                 os._exit(0)  # the measurement is written; a graceful Faust shutdown takes seconds
 
     worker = faust.Worker(app, loglevel="error", quiet=True)

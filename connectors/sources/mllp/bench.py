@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import resource
 import statistics
 import time
 from typing import Any
@@ -18,6 +17,7 @@ import orjson
 
 from connectors.sources.mllp.client import MllpClient
 from schemas.hl7v2.ack import ack_code_of
+from topology.runtime import process_cpu_s
 
 
 def sample_message(i: int) -> bytes:
@@ -29,11 +29,6 @@ def sample_message(i: int) -> bytes:
     ).encode()
 
 
-def _process_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _serve(bootstrap: str, topic: str, port_q: Any, stop_ev: Any, cpu_s: Any) -> None:
     from connectors.sources.mllp.listener import MllpListener, MllpOptions
     from topology.settings import KafkaSettings
@@ -43,7 +38,7 @@ def _serve(bootstrap: str, topic: str, port_q: Any, stop_ev: Any, cpu_s: Any) ->
         await lst.start()
         port_q.put(lst.port)
         while not stop_ev.is_set():  # the listener's CPU so far, for the load's CPU per message
-            cpu_s.value = _process_cpu_s()
+            cpu_s.value = process_cpu_s()
             await asyncio.sleep(0.02)
         await lst.stop()
 
