@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -99,6 +99,14 @@ def schema_fingerprint() -> str:
 def schema_header() -> tuple[str, bytes]:
     """The ``clinstream-schema`` header, ready for a Kafka header list."""
     return SCHEMA_HEADER, schema_fingerprint().encode()
+
+
+def restamped_headers(headers: Mapping[str, str], drop: Collection[str] = ()) -> list[tuple[str, str]]:
+    """A consumed record's headers for the record a stage writes from it: the same headers (less
+    ``drop``) without the consumed record's ``clinstream-schema``, then this build's, as the last."""
+    pairs = [(k, v) for k, v in headers.items() if k != SCHEMA_HEADER and k not in drop]
+    pairs.append((SCHEMA_HEADER, schema_fingerprint()))
+    return pairs
 
 
 def event_id_for(source: str, raw: bytes) -> str:

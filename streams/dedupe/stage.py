@@ -13,7 +13,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from schemas import headers as H
-from schemas.envelope import encode_event, schema_fingerprint
+from schemas.envelope import encode_event, restamped_headers
 from streams.dedupe.logic import decide
 from streams.stage import InRecord, Outcome, Output, event_of
 from topology.model import CANONICAL, DEDUPED
@@ -39,8 +39,7 @@ class DedupeStage:
         if seen_before and H.REDRIVE_COUNT not in record.headers:
             return Outcome.drop(decision.reason)
         event["lineage"]["stages"] = [*event["lineage"]["stages"], "dedupe"]
-        pairs = [(k, v) for k, v in record.headers.items() if k != FLAG_HEADER and k != H.SCHEMA_FINGERPRINT]
-        pairs.append((H.SCHEMA_FINGERPRINT, schema_fingerprint()))  # the schema this stage wrote the value with
+        pairs = restamped_headers(record.headers, drop=(FLAG_HEADER,))
         if seen_before:  # only a redrive gets here
             pairs.append((FLAG_HEADER, "redriven"))
         elif decision.flagged:

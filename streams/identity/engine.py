@@ -265,8 +265,8 @@ class MatchEngine:
             demo = self._strong_id_support(feats, strong_euid)
             if demo >= self.thresholds.strong_id_min_weight:
                 hit = best_by_euid.get(strong_euid)
-                cand = None if hit is None else Candidate(strong_euid, hit[1], hit[0], self.model.probability(hit[0]))
-                return Resolution(AUTO_LINK, strong_euid, cand, 1.0, True, ("strong-identifier:ssn",), len(scored))
+                strong = None if hit is None else Candidate(strong_euid, hit[1], hit[0], self.model.probability(hit[0]))
+                return Resolution(AUTO_LINK, strong_euid, strong, 1.0, True, ("strong-identifier:ssn",), len(scored))
         if not best_by_euid:
             return Resolution(NEW, None, None, 0.0, False, ("no-candidates",), 0)
         ranked = sorted(best_by_euid.items(), key=lambda kv: kv[1][0], reverse=True)

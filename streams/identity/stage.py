@@ -31,7 +31,7 @@ import orjson
 
 from schemas import headers as H
 from schemas import metrics
-from schemas.envelope import encode_event, schema_fingerprint, utc_now_iso
+from schemas.envelope import encode_event, restamped_headers, utc_now_iso
 from streams.identity.engine import AUTO_LINK, REVIEW, KeyValueStore, MatchEngine, MemoryStore, Resolution
 from streams.identity.model import default_model
 from streams.identity.record import Identifier, from_fhir_patient
@@ -91,8 +91,7 @@ class IdentityStage:
         event = event_of(record)
         patients = [r for r in event["resources"] if r.get("resourceType") == "Patient"]
         event["lineage"]["stages"] = [*event["lineage"]["stages"], "identity"]
-        hdrs = H.encode([*((k, v) for k, v in record.headers.items() if k != H.SCHEMA_FINGERPRINT),
-                         (H.SCHEMA_FINGERPRINT, schema_fingerprint())])
+        hdrs = H.encode(restamped_headers(record.headers))
         if not patients:
             # nothing to resolve (e.g. a master-file message): forward under the source key
             return Outcome.forward(Output(self.output_topic, encode_event(event), record.key, hdrs, event))

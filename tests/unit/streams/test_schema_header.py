@@ -8,7 +8,14 @@ import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas import headers as H
-from schemas.envelope import SCHEMA_PATH, SchemaMismatchError, decode_event, parsed_schema, schema_fingerprint
+from schemas.envelope import (
+    SCHEMA_PATH,
+    SchemaMismatchError,
+    decode_event,
+    parsed_schema,
+    restamped_headers,
+    schema_fingerprint,
+)
 from streams.bench import bench_topology
 from streams.chain import StageChain, StageRunner
 from streams.route.stage import RouteStage
@@ -49,6 +56,14 @@ def test_every_envelope_record_the_stages_write_carries_the_schema_and_json_reco
     for topic, _, _, headers in json_records:
         assert H.SCHEMA_FINGERPRINT not in dict(headers), f"{topic} is JSON, not the envelope"
     assert AUDIT in {p[0] for p in routed}
+
+
+def test_restamped_headers_keep_the_consumed_ones_in_order_and_end_with_this_builds_schema() -> None:
+    consumed = {H.SOURCE: "lab", H.SCHEMA_FINGERPRINT: OTHER_FINGERPRINT, "clinstream-dedupe-flag": "new",
+                H.EVENT_ID: "e1"}
+    assert restamped_headers(consumed, drop=("clinstream-dedupe-flag",)) == [
+        (H.SOURCE, "lab"), (H.EVENT_ID, "e1"), (H.SCHEMA_FINGERPRINT, schema_fingerprint())]
+    assert restamped_headers({}) == [(H.SCHEMA_FINGERPRINT, schema_fingerprint())]
 
 
 def test_a_reader_refuses_a_record_written_with_another_schema_and_names_both() -> None:
