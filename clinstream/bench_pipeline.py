@@ -13,6 +13,11 @@ and a throw-away local PostgreSQL (or CLINSTREAM_PG_DSN).
 4. CPU milliseconds per message of each process over the sustained run (user +
    system time from /proc): robust where msgs/s is not, when something else
    shares the machine, and it says which part limits the whole.
+5. Where the paced run's latency goes, hop by hop (p50/p99 of each): ``source``
+   (received_at -> raw record produced), ``worker`` (raw -> identified.events:
+   normalize, dedupe, identity and the fetch before them), ``route`` (identified ->
+   dest.*), ``sink`` (dest.* -> row delivered_at), from the producers' record
+   timestamps (CreateTime, stamped at the produce call on this machine's clock).
 """
 
 from __future__ import annotations
@@ -124,6 +129,58 @@ async def _paced(port: int, messages: list[bytes], rate: float, connections: int
     return acked
 
 
+HOPS = ("source", "worker", "route", "sink")
+
+
+def hop_latencies_ms(stamps: dict[str, tuple[float, ...]]) -> dict[str, dict[str, float]]:
+    """p50/p99 of each hop over events that have every stamp.
+
+    ``stamps`` maps an event id to (received_at, raw produced, identified produced, dest produced,
+    delivered_at), epoch milliseconds; an event missing one of them is left out."""
+    deltas: dict[str, list[float]] = {h: [] for h in HOPS}
+    for times in stamps.values():
+        if len(times) != len(HOPS) + 1:
+            continue
+        for i, hop in enumerate(HOPS):
+            deltas[hop].append(times[i + 1] - times[i])
+    out: dict[str, dict[str, float]] = {}
+    for hop, values in deltas.items():
+        if len(values) >= 2:
+            q = statistics.quantiles(values, n=100)
+            out[hop] = {"p50": round(q[49], 1), "p99": round(q[98], 1)}
+    return out
+
+
+def _hop_stamps(bootstrap: str, dsn: str, run: str) -> dict[str, tuple[float, ...]]:
+    """Per event of ``run``: received_at, the produce times of its raw, identified and dest records, delivered_at."""
+    import psycopg
+
+    from schemas.headers import EVENT_ID
+    from streams.bench import BENCH_RAW_TOPIC
+    from streams.topic_reader import read_topics
+    from topology.model import IDENTIFIED
+    from topology.settings import KafkaSettings
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT event_id, EXTRACT(EPOCH FROM received_at) * 1000, EXTRACT(EPOCH FROM delivered_at) * 1000 "
+            "FROM bench_ehr WHERE event->>'source_message_id' LIKE %s", (f"{run}%",)).fetchall()
+    received = {r[0]: float(r[1]) for r in rows if r[1] is not None}
+    delivered = {r[0]: float(r[2]) for r in rows}
+    topics = (BENCH_RAW_TOPIC, IDENTIFIED, "dest.bench-ehr")
+    produced: dict[str, dict[str, float]] = {t: {} for t in topics}
+    for msg in read_topics(KafkaSettings(bootstrap_servers=bootstrap), topics, purpose="bench-hops"):
+        event_id = next((v.decode() for k, v in msg.headers() or () if k == EVENT_ID and v), None)
+        if event_id in delivered:
+            produced[msg.topic()].setdefault(event_id, float(msg.timestamp()[1]))  # the first copy
+    out: dict[str, tuple[float, ...]] = {}
+    for event_id, done in delivered.items():
+        times = [received.get(event_id), *(produced[t].get(event_id) for t in topics), done]
+        if all(t is not None for t in times):
+            out[event_id] = tuple(t for t in times if t is not None)
+    return out
+
+
 def _wait_rows(dsn: str, target: int, run: str, timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -190,6 +247,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 _wait_rows(dsn, paced_messages, "L", 300)
                 lat = _latencies_ms(dsn, "L")
                 rss = _rss_peak_mb(named)
+                hops = hop_latencies_ms(_hop_stamps(bootstrap, dsn, "L"))
             q = statistics.quantiles(lat, n=100)
             return {
                 "msgs_per_s": round(messages / (t_done - t0), 1),
@@ -199,6 +257,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 "offered_rate": offered_rate,
                 "rss_mb": round(sum(rss.values()), 1),
                 "rss_mb_by_process": rss,
+                "latency_by_hop_ms": hops,
                 "cpu_ms_per_msg": {k: round((cpu1[k] - cpu0[k]) * 1000 / messages, 3) for k in cpu1 if k in cpu0},
                 "messages": messages,
                 "paced_messages": paced_messages,
@@ -253,4 +312,6 @@ def bench_pipeline_command(args: argparse.Namespace) -> int:
         print(f"pipeline: {result['msgs_per_s']} msg/s sustained (ingest {result['ingest_msgs_per_s']} msg/s), "
               f"at {result['offered_rate']:.0f} msg/s offered: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; "
               f"peak RSS {result['rss_mb']} MB (broker + clinstream processes)")
+        hops = ", ".join(f"{hop} {v['p50']}/{v['p99']}" for hop, v in result["latency_by_hop_ms"].items())
+        print(f"latency by hop, p50/p99 ms: {hops}")
     return 0

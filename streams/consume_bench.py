@@ -34,6 +34,7 @@ def _child(bootstrap: str, topic: str, records: int, mode: str, out: str) -> Non
     import faust
 
     from streams.app import AgentBatchSettings
+    from streams.batching import take_ready_events
     from streams.transport import install_worker_transport
     from topology.broker import fetch_wait_ms
     from topology.settings import KafkaSettings
@@ -50,7 +51,7 @@ def _child(bootstrap: str, topic: str, records: int, mode: str, out: str) -> Non
 
     @app.agent(source)
     async def count(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(batch.size, within=batch.within_ms / 1000):
+        async for events in take_ready_events(stream, batch.size, batch.within_ms / 1000, batch.idle_ms / 1000):
             if seen["first"] is None:  # from the first batch on: no start-up, no group join
                 seen["first"] = (time.perf_counter(), process_cpu_s(), len(events))
             seen["n"] += len(events)

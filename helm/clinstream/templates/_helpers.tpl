@@ -168,6 +168,8 @@ clinstream.io/name: {{ .name }}
   value: {{ $b.size | int64 | quote }}
 - name: CLINSTREAM_BATCH_WITHIN_MS
   value: {{ $b.withinMs | int64 | quote }}
+- name: CLINSTREAM_BATCH_IDLE_MS
+  value: {{ $b.idleMs | int64 | quote }}
 - name: CLINSTREAM_STATE_WRITE_BUFFER_MB
   value: {{ $s.writeBufferMb | int64 | quote }}
 - name: CLINSTREAM_STATE_MAX_WRITE_BUFFERS
