@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
@@ -37,6 +37,10 @@ import yaml
 from clinstream.demo import _spawn, processes
 from streams.bench import bench_message, bench_topology
 from topology.broker import free_port
+
+if TYPE_CHECKING:
+    from topology.model import Topology
+    from topology.settings import KafkaSettings
 
 
 def _rss_peak_mb(pids: dict[str, int]) -> dict[str, float]:
@@ -151,7 +155,7 @@ def hop_latencies_ms(stamps: dict[str, tuple[float, ...]]) -> dict[str, dict[str
     return out
 
 
-def _hop_stamps(bootstrap: str, dsn: str, run: str) -> dict[str, tuple[float, ...]]:
+def _hop_stamps(settings: KafkaSettings, topology: Topology, dsn: str, run: str) -> dict[str, tuple[float, ...]]:
     """Per event of ``run``: received_at, the produce times of its raw, identified and dest records, delivered_at."""
     import psycopg
 
@@ -159,7 +163,6 @@ def _hop_stamps(bootstrap: str, dsn: str, run: str) -> dict[str, tuple[float, ..
     from streams.bench import BENCH_RAW_TOPIC
     from streams.topic_reader import read_topics
     from topology.model import IDENTIFIED
-    from topology.settings import KafkaSettings
 
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
@@ -167,9 +170,9 @@ def _hop_stamps(bootstrap: str, dsn: str, run: str) -> dict[str, tuple[float, ..
             "FROM bench_ehr WHERE event->>'source_message_id' LIKE %s", (f"{run}%",)).fetchall()
     received = {r[0]: float(r[1]) for r in rows if r[1] is not None}
     delivered = {r[0]: float(r[2]) for r in rows}
-    topics = (BENCH_RAW_TOPIC, IDENTIFIED, "dest.bench-ehr")
+    topics = (BENCH_RAW_TOPIC, IDENTIFIED, topology.destinations[0].topic)
     produced: dict[str, dict[str, float]] = {t: {} for t in topics}
-    for msg in read_topics(KafkaSettings(bootstrap_servers=bootstrap), topics, purpose="bench-hops"):
+    for msg in read_topics(settings, topics, purpose="bench-hops"):
         event_id = next((v.decode() for k, v in msg.headers() or () if k == EVENT_ID and v), None)
         if event_id in delivered:
             produced[msg.topic()].setdefault(event_id, float(msg.timestamp()[1]))  # the first copy
@@ -247,7 +250,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 _wait_rows(dsn, paced_messages, "L", 300)
                 lat = _latencies_ms(dsn, "L")
                 rss = _rss_peak_mb(named)
-                hops = hop_latencies_ms(_hop_stamps(bootstrap, dsn, "L"))
+                hops = hop_latencies_ms(_hop_stamps(settings, load_topology(topo_path), dsn, "L"))
             q = statistics.quantiles(lat, n=100)
             return {
                 "msgs_per_s": round(messages / (t_done - t0), 1),
