@@ -84,14 +84,15 @@ def _rows(dsn: str, run: str | None = None) -> int:
     return int(row[0]) if row else 0
 
 
-def _latencies_ms(dsn: str, run: str) -> list[float]:
+def _delivered(dsn: str, run: str) -> dict[str, tuple[float, float]]:
+    """event id -> (received_at, delivered_at), epoch milliseconds, of every row of ``run``."""
     import psycopg
 
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT EXTRACT(EPOCH FROM (delivered_at - received_at)) * 1000 FROM bench_ehr "
-            "WHERE event->>'source_message_id' LIKE %s", (f"{run}%",)).fetchall()
-    return sorted(float(r[0]) for r in rows)
+            "SELECT event_id, EXTRACT(EPOCH FROM received_at) * 1000, EXTRACT(EPOCH FROM delivered_at) * 1000 "
+            "FROM bench_ehr WHERE event->>'source_message_id' LIKE %s", (f"{run}%",)).fetchall()
+    return {r[0]: (float(r[1]), float(r[2])) for r in rows}
 
 
 async def _closed_loop(port: int, messages: list[bytes], connections: int) -> int:
@@ -155,30 +156,23 @@ def hop_latencies_ms(stamps: dict[str, tuple[float, ...]]) -> dict[str, dict[str
     return out
 
 
-def _hop_stamps(settings: KafkaSettings, topology: Topology, dsn: str, run: str) -> dict[str, tuple[float, ...]]:
-    """Per event of ``run``: received_at, the produce times of its raw, identified and dest records, delivered_at."""
-    import psycopg
-
-    from schemas.headers import EVENT_ID
+def _hop_stamps(settings: KafkaSettings, topology: Topology,
+                delivered: dict[str, tuple[float, float]]) -> dict[str, tuple[float, ...]]:
+    """Per delivered event: received_at, the produce times of its raw, identified and dest records, delivered_at."""
+    from schemas.headers import EVENT_ID, as_dict
     from streams.bench import BENCH_RAW_TOPIC
     from streams.topic_reader import read_topics
     from topology.model import IDENTIFIED
 
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT event_id, EXTRACT(EPOCH FROM received_at) * 1000, EXTRACT(EPOCH FROM delivered_at) * 1000 "
-            "FROM bench_ehr WHERE event->>'source_message_id' LIKE %s", (f"{run}%",)).fetchall()
-    received = {r[0]: float(r[1]) for r in rows if r[1] is not None}
-    delivered = {r[0]: float(r[2]) for r in rows}
     topics = (BENCH_RAW_TOPIC, IDENTIFIED, topology.destinations[0].topic)
     produced: dict[str, dict[str, float]] = {t: {} for t in topics}
     for msg in read_topics(settings, topics, purpose="bench-hops"):
-        event_id = next((v.decode() for k, v in msg.headers() or () if k == EVENT_ID and v), None)
+        event_id = as_dict(msg.headers()).get(EVENT_ID)
         if event_id in delivered:
-            produced[msg.topic()].setdefault(event_id, float(msg.timestamp()[1]))  # the first copy
+            produced[str(msg.topic())].setdefault(event_id, float(msg.timestamp()[1]))  # the first copy
     out: dict[str, tuple[float, ...]] = {}
-    for event_id, done in delivered.items():
-        times = [received.get(event_id), *(produced[t].get(event_id) for t in topics), done]
+    for event_id, (received, done) in delivered.items():
+        times = [received, *(produced[t].get(event_id) for t in topics), done]
         if all(t is not None for t in times):
             out[event_id] = tuple(t for t in times if t is not None)
     return out
@@ -248,9 +242,10 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 paced = [bench_message(i, "L") for i in range(paced_messages)]
                 acked_paced = asyncio.run(_paced(port, paced, offered_rate, connections))
                 _wait_rows(dsn, paced_messages, "L", 300)
-                lat = _latencies_ms(dsn, "L")
+                delivered = _delivered(dsn, "L")
+                lat = sorted(done - received for received, done in delivered.values())
                 rss = _rss_peak_mb(named)
-                hops = hop_latencies_ms(_hop_stamps(settings, load_topology(topo_path), dsn, "L"))
+                hops = hop_latencies_ms(_hop_stamps(settings, load_topology(topo_path), delivered))
             q = statistics.quantiles(lat, n=100)
             return {
                 "msgs_per_s": round(messages / (t_done - t0), 1),

@@ -195,9 +195,7 @@ def _register(app: faust.App, chain: StageChain, outputs: InFlightOutputs, batch
                       key_serializer="raw")
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
-        batches = take_ready_events(stream, batch_size, within, idle)
-        stream._active_agens.add(batches)  # type: ignore[attr-defined]  # Faust closes its buffering generators on stop
-        async for events in batches:
+        async for events in take_ready_events(stream, batch_size, within, idle):
             pending: list[Pending] = []
             started = time.perf_counter()
             for event in events:

@@ -20,20 +20,27 @@ from __future__ import annotations
 
 import asyncio
 from asyncio import CancelledError
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
 
-async def take_ready_events(stream: Any, max_: int, within: float, idle: float) -> AsyncIterator[list[Any]]:
-    """Yield lists of at most ``max_`` events of ``stream`` (a Faust stream), as described above.
+def take_ready_events(stream: Any, max_: int, within: float, idle: float) -> AsyncGenerator[list[Any], None]:
+    """Lists of at most ``max_`` events of ``stream`` (a Faust stream), as described above.
 
     ``idle >= within`` is Faust's behaviour but for the clock's start (the first event, not the
-    previous batch)."""
+    previous batch). The generator is registered with the stream as Faust registers its own
+    buffering generators, so ``Stream.on_stop`` closes it (acks, processor removed)."""
     if max_ < 1 or within <= 0 or idle <= 0:
         raise ValueError(f"take_ready_events: max_ {max_}, within {within} and idle {idle} must be positive")
+    batches = _take_ready_events(stream, max_, within, idle)
+    stream._active_agens.add(batches)
+    return batches
+
+
+async def _take_ready_events(stream: Any, max_: int, within: float, idle: float) -> AsyncGenerator[list[Any], None]:
     events: list[Any] = []
     added = asyncio.Event()  # set by each event added
     full = asyncio.Event()
@@ -71,10 +78,10 @@ async def take_ready_events(stream: Any, max_: int, within: float, idle: float) 
     stream._enable_passive(aiter(stream.channel))
     try:
         while not stream.should_stop:
-            if not events:
-                added.clear()
-                if await stream.wait_for_stopped(added):  # the first event (or the stream stopped)
-                    break
+            # Empty here: the last batch was cleared, and no event is added before this wait.
+            added.clear()
+            if await stream.wait_for_stopped(added):  # the first event (or the stream stopped)
+                break
             deadline = loop.time() + within
             while not full.is_set():
                 wait = min(idle, deadline - loop.time())
@@ -86,8 +93,6 @@ async def take_ready_events(stream: Any, max_: int, within: float, idle: float) 
                         await added.wait()
                 except TimeoutError:
                     break  # nothing came for ``idle`` (or the batch is ``within`` old)
-            if not events:
-                continue
             consuming = loop.create_future()
             try:
                 yield list(events)
