@@ -197,9 +197,11 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
     from streams.replicated_store import ReplicatedStore
     from streams.route.stage import RouteStage
     from streams.worker import chains_for
+    from topology.runtime import machine_cpu_shares, machine_cpu_ticks
     from topology.settings import KafkaSettings
 
     topology = Topology.model_validate(bench_topology("postgresql://bench@127.0.0.1/bench", 1))
+    machine0 = machine_cpu_ticks()
     with tempfile.TemporaryDirectory(prefix="clinstream-bench-stages-") as tmp:
         index = ReplicatedStore(KafkaSettings(bootstrap_servers="127.0.0.1:9"), "bench-mpi-index",
                                 Path(tmp) / "mpi-index")
@@ -253,6 +255,7 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
         "us_per_event": round(total_s * 1e6 / events, 1),
         "us_per_event_by_part": per_event,
         "delivered": delivered,
+        "machine_cpu_pct": machine_cpu_shares(machine0, machine_cpu_ticks()),  # steal: a slower machine
     }
 
 

@@ -51,3 +51,35 @@ def process_cpu_s() -> float:
     """CPU seconds this process has used, user and system, all threads (what the benches report)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+# /proc/stat's aggregate cpu line, in its order (Linux).
+_CPU_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu_ticks() -> tuple[int, ...]:
+    """The machine's CPU time so far by state (:data:`_CPU_STATES`, clock ticks, all CPUs); ``()``
+    where ``/proc/stat`` is not there."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return ()
+    return tuple(int(v) for v in fields[1:1 + len(_CPU_STATES)])
+
+
+def machine_cpu_shares(before: tuple[int, ...], after: tuple[int, ...]) -> dict[str, float]:
+    """Percent of the machine's CPU time between two :func:`machine_cpu_ticks` that was busy
+    (ours and anyone's on this machine), idle, and *stolen*: time the hypervisor gave our
+    virtual CPUs' turn to another guest. A bench figure from a run with steal is from a
+    slower machine than the same run without; the benches report it beside their figures."""
+    if not before or len(before) != len(after):
+        return {}
+    delta = dict(zip(_CPU_STATES, (b - a for a, b in zip(before, after, strict=True)), strict=False))
+    total = sum(delta.values())
+    if total <= 0:
+        return {}
+    idle = delta["idle"] + delta["iowait"]
+    steal = delta["steal"]
+    return {"busy": round(100 * (total - idle - steal) / total, 1), "idle": round(100 * idle / total, 1),
+            "steal": round(100 * steal / total, 1)}

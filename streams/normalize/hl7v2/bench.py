@@ -15,6 +15,7 @@ from schemas.compiled import build_kind
 from schemas.hl7v2.parser import parse_message
 from streams.normalize.hl7v2.convert import convert_message
 from streams.normalize.hl7v2.samples import message_files
+from topology.runtime import machine_cpu_shares, machine_cpu_ticks
 
 __all__ = ["add_bench_convert_parser", "bench_convert_command", "run_convert_bench"]
 
@@ -62,6 +63,7 @@ def run_convert_bench(
     texts = [_cr_text(raw) for raw in corpus]
     base = baseline_seconds if baseline_seconds is not None else max(seconds / 4, 0.25)
     result: dict[str, Any] = {"messages": len(corpus), "build": build_kind()}
+    machine0 = machine_cpu_ticks()
     result["parse_msgs_per_s"], _ = _rate(parse_message, corpus, seconds, rounds)
     result["convert_msgs_per_s"], result["convert_errors"] = _rate(
         lambda raw: convert_message(raw, source="bench"), corpus, seconds, rounds)
@@ -77,6 +79,7 @@ def run_convert_bench(
 
     result["python_hl7_msgs_per_s"], result["python_hl7_errors"] = _rate(hl7.parse, texts, base,
                                                                          rounds)
+    result["machine_cpu_pct"] = machine_cpu_shares(machine0, machine_cpu_ticks())  # steal: a slower machine
     return result
 
 
