@@ -14,7 +14,7 @@ and a throw-away local PostgreSQL (or CLINSTREAM_PG_DSN).
    system time from /proc): robust where msgs/s is not, when something else
    shares the machine, and it says which part limits the whole. Beside it, how
    the machine's CPU time went over that run (busy, idle, stolen by the
-   hypervisor): with 20% steal this machine is a fifth slower than without.
+   hypervisor): with 20% steal the processes had a fifth less CPU than without.
 5. Where the paced run's latency goes, hop by hop (p50/p99 of each): ``source``
    (received_at -> raw record produced), ``worker`` (raw -> identified.events:
    normalize, dedupe, identity and the fetch before them), ``route`` (identified ->

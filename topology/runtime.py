@@ -65,6 +65,8 @@ def machine_cpu_ticks() -> tuple[int, ...]:
             fields = stat.readline().split()
     except OSError:
         return ()
+    if len(fields) <= len(_CPU_STATES):  # a kernel without the steal column: no shares rather than wrong ones
+        return ()
     return tuple(int(v) for v in fields[1:1 + len(_CPU_STATES)])
 
 
@@ -73,9 +75,9 @@ def machine_cpu_shares(before: tuple[int, ...], after: tuple[int, ...]) -> dict[
     (ours and anyone's on this machine), idle, and *stolen*: time the hypervisor gave our
     virtual CPUs' turn to another guest. A bench figure from a run with steal is from a
     slower machine than the same run without; the benches report it beside their figures."""
-    if not before or len(before) != len(after):
+    if len(before) != len(_CPU_STATES) or len(after) != len(_CPU_STATES):
         return {}
-    delta = dict(zip(_CPU_STATES, (b - a for a, b in zip(before, after, strict=True)), strict=False))
+    delta = dict(zip(_CPU_STATES, (b - a for a, b in zip(before, after, strict=True)), strict=True))
     total = sum(delta.values())
     if total <= 0:
         return {}
