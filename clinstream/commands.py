@@ -158,9 +158,9 @@ def _require_cluster() -> Any:
 
 def run_worker_command(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
-    from topology.runtime import tune_gc
+    from topology.runtime import tune_process
 
-    tune_gc()
+    tune_process()
     topo = load(args.topology)
     run_worker(topo, _require_cluster(), data_dir=args.data_dir, app_id=args.app_id, web_port=args.web_port,
                store=args.store)
@@ -171,9 +171,9 @@ def run_source_command(args: argparse.Namespace) -> int:
     import asyncio
 
     from connectors.sources.run import serve_sources
-    from topology.runtime import freeze_startup_heap, tune_gc
+    from topology.runtime import freeze_startup_heap, tune_process
 
-    tune_gc()
+    tune_process()
     topo = load(args.topology)
     freeze_startup_heap()
     asyncio.run(serve_sources(topo, _require_cluster(), args.source))
@@ -182,9 +182,9 @@ def run_source_command(args: argparse.Namespace) -> int:
 
 def run_sink_command(args: argparse.Namespace) -> int:
     from connectors.sinks.runner import sink_main
-    from topology.runtime import freeze_startup_heap, tune_gc
+    from topology.runtime import freeze_startup_heap, tune_process
 
-    tune_gc()
+    tune_process()
     freeze_startup_heap()
     argv = ["--topology", args.topology, "--destination", args.destination]
     if args.group_id:

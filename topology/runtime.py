@@ -10,12 +10,21 @@ So: a larger young generation, and ``gc.freeze()`` once start-up is done, which
 moves everything alive then out of the collector's sight (the heap of a server,
 not garbage). Settings under ``CLINSTREAM_GC_``; ``gen0=700 freeze=false`` is
 CPython's default behaviour.
+
+glibc's malloc gives each thread that allocates an arena of its own, up to eight per
+core. A worker runs 28 threads (librdkafka's per client and per broker, RocksDB's,
+asyncio's executor) and each arena keeps the memory its thread once used, so a
+worker's resident memory grew by arenas no thread was using much (issue 6: peak RSS
+is one of the pipeline's targets). ``CLINSTREAM_MALLOC_ARENA_MAX`` caps them the way
+``MALLOC_ARENA_MAX`` does, from inside the process, before its threads start.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
+import os
 import resource
 
 from pydantic import Field
@@ -31,6 +40,43 @@ class GcSettings(BaseSettings):
     gen1: int = Field(default=20, ge=1)
     gen2: int = Field(default=100, ge=1)
     freeze: bool = Field(default=True, description="exclude the start-up heap from collection")
+
+
+class MallocSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLINSTREAM_MALLOC_", extra="ignore")
+
+    arena_max: int = Field(default=2, ge=0, le=1024,
+                           description="glibc malloc arenas at most (0: glibc's own limit, eight per core)")
+
+
+_M_ARENA_MAX = -8  # glibc <malloc.h>
+
+
+def limit_malloc_arenas(settings: MallocSettings | None = None) -> bool:
+    """Cap glibc's malloc arenas; True if the cap was set. Call it before the process starts threads
+    (an arena a thread already has stays). ``MALLOC_ARENA_MAX`` in the environment is glibc's own
+    setting of the same thing and is left to win; a C library without ``mallopt`` (musl's is a no-op,
+    macOS has none) is left as it is."""
+    s = settings or MallocSettings()
+    if s.arena_max == 0 or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    done = mallopt(_M_ARENA_MAX, s.arena_max) == 1
+    if not done:
+        log.debug("malloc: mallopt(M_ARENA_MAX, %d) was refused", s.arena_max)
+    return done
+
+
+def tune_process() -> None:
+    """What every long-running process (worker, sources, sinks) applies first: the malloc arenas and
+    the collector's thresholds; ``freeze_startup_heap`` follows once it is set up."""
+    limit_malloc_arenas()
+    tune_gc()
 
 
 def tune_gc(settings: GcSettings | None = None) -> None:

@@ -149,6 +149,10 @@ clinstream.io/name: {{ .name }}
 - name: CLINSTREAM_GC_FREEZE
   value: {{ .freeze | quote }}
 {{- end }}
+{{- with .root.Values.malloc }}
+- name: CLINSTREAM_MALLOC_ARENA_MAX
+  value: {{ .arenaMax | int64 | quote }}
+{{- end }}
 {{- with .tuningEnv }}
 {{ . }}
 {{- end }}

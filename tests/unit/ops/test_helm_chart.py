@@ -499,11 +499,12 @@ def test_values_schema_accepts_the_shipped_values(profile: str) -> None:
 def _tuning_groups() -> list[tuple[tuple[str, ...], type[Any], str]]:
     from streams.app import AgentBatchSettings
     from streams.state import StateStoreSettings
-    from topology.runtime import GcSettings
+    from topology.runtime import GcSettings, MallocSettings
 
     return [(("worker", "batch"), AgentBatchSettings, "CLINSTREAM_BATCH_"),
             (("worker", "state"), StateStoreSettings, "CLINSTREAM_STATE_"),
-            (("gc",), GcSettings, "CLINSTREAM_GC_")]
+            (("gc",), GcSettings, "CLINSTREAM_GC_"),
+            (("malloc",), MallocSettings, "CLINSTREAM_MALLOC_")]
 
 
 def _snake(camel: str) -> str:
@@ -550,6 +551,7 @@ def test_tuning_values_reach_the_processes(profile: str, monkeypatch: pytest.Mon
     values["worker"]["state"] = {"writeBufferMb": 32, "maxWriteBuffers": 3, "blockCacheMb": 64,
                                  "indexCacheEntries": 5_000_000}
     values["gc"] = {"gen0": 10_000_000, "gen1": 7, "gen2": 9, "freeze": False}
+    values["malloc"] = {"arenaMax": 5}
     docs = render(values)
     for where, spec in pod_specs(tuple(docs)):
         env = env_of(spec["containers"][0])
