@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -10,8 +11,8 @@ import pytest
 
 from topology.runtime import MallocSettings
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
-                                reason="mallopt(M_ARENA_MAX) and malloc_info are glibc's")
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt(M_ARENA_MAX) and malloc_info "
+                                                                           "are glibc's")
 
 # Eight threads each take memory from malloc at the same time, then the process counts the heaps
 # (arenas) glibc's malloc_info reports. Without a cap glibc gives each new thread an arena of its own.
