@@ -356,10 +356,15 @@ class MatchEngine:
         ref = feats[F_REF]
         members = get("e:" + euid)
         if members and get("r:" + ref) == euid:
-            # A re-sent source record replaces its previous demographics in the entity.
-            members = [m for m in members if m[F_REF] != ref]
-        store.put("e:" + euid, [*members, feats] if members else [feats])
-        store.put("r:" + ref, euid)
+            # A re-sent source record replaces its previous demographics in the entity. Most
+            # messages are about known patients and most repeat what the index holds: an
+            # unchanged entity is not written again (each write is a changelog record every
+            # worker applies).
+            if feats not in members:
+                store.put("e:" + euid, [*(m for m in members if m[F_REF] != ref), feats])
+        else:
+            store.put("e:" + euid, [*members, feats] if members else [feats])
+            store.put("r:" + ref, euid)
         for ident in record.identifiers:
             key = "i:" + ident.key()
             if get(key) is None:

@@ -24,6 +24,33 @@ def test_replay_of_the_same_source_record_is_idempotent(engine: MatchEngine, ali
     assert len(engine.store.get("e:" + euid)) == 1  # replaced, not appended
 
 
+class _CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[str] = []
+
+    def put(self, key: str, value: object) -> None:
+        self.puts.append(key)
+        super().put(key, value)
+
+
+def test_a_record_sent_again_unchanged_writes_nothing(alice: PatientRecord) -> None:
+    store = _CountingStore()
+    engine = MatchEngine(default_model(), Thresholds(auto_link=0.99, review=0.5), store=store)
+    euid = engine.add(alice).euid
+    assert {k[:2] for k in store.puts} >= {"e:", "r:", "i:", "x:", "b:"}
+    store.puts.clear()
+    assert engine.add(alice).euid == euid
+    assert store.puts == []  # the index already holds exactly this
+    changed = replace(alice, phone="2175559999")
+    assert engine.add(changed).euid == euid
+    # the entity's demographics and the new phone's block; the record's EUID and the rest are the same
+    assert store.puts == ["e:" + euid, "b:ph:2175559999"]
+    (member,) = store.get("e:" + euid)
+    assert "2175559999" in member
+    assert engine.add(alice).euid == euid and len(store.get("e:" + euid)) == 1
+
+
 def test_deterministic_link_on_assigning_authority_identifier(engine: MatchEngine, alice: PatientRecord) -> None:
     euid = engine.add(alice).euid
     # Same MRN from the same authority, different record id and wildly different demographics.
