@@ -356,10 +356,9 @@ class MatchEngine:
         ref = feats[F_REF]
         members = get("e:" + euid)
         if members and get("r:" + ref) == euid:
-            # A re-sent source record replaces its previous demographics in the entity. Most
-            # messages are about known patients and most repeat what the index holds: an
-            # unchanged entity is not written again (each write is a changelog record every
-            # worker applies).
+            # A re-sent source record replaces its previous demographics in the entity; if the
+            # entity already holds them, nothing is written (each write is a changelog record
+            # every worker applies).
             if feats not in members:
                 store.put("e:" + euid, [*(m for m in members if m[F_REF] != ref), feats])
         else:

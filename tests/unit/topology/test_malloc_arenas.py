@@ -17,17 +17,16 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # Eight threads each take memory from malloc at the same time, then the process counts the heaps
 # (arenas) glibc's malloc_info reports. Without a cap glibc gives each new thread an arena of its own.
 _PROBE = """
-import ctypes, os, sys, tempfile, threading
+import ctypes, os, tempfile, threading
 from topology.runtime import limit_malloc_arenas
 applied = limit_malloc_arenas()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = (ctypes.c_size_t,)
-libc.free.argtypes = (ctypes.c_void_p,)
 libc.fopen.restype = ctypes.c_void_p
 libc.malloc_info.argtypes = (ctypes.c_int, ctypes.c_void_p)
 libc.fclose.argtypes = (ctypes.c_void_p,)
-held, all_in = [], threading.Barrier(9)
+held, all_in = [], threading.Barrier(9)  # held: the blocks stay allocated
 def work():
     held.append(libc.malloc(4096))
     all_in.wait()
