@@ -12,8 +12,8 @@ not garbage). Settings under ``CLINSTREAM_GC_``; ``gen0=700 freeze=false`` is
 CPython's default behaviour.
 
 glibc's malloc gives each thread that allocates an arena of its own, up to eight per
-core. A worker runs 28 threads (librdkafka's per client and per broker, RocksDB's,
-asyncio's executor) and each arena keeps the memory its thread once used, so a
+core. A worker runs 28 threads (librdkafka's per client and per broker, RocksDB's and
+Python helper threads) and each arena keeps the memory its thread once used, so a
 worker's resident memory grew by arenas no thread was using much (issue 6: peak RSS
 is one of the pipeline's targets). ``CLINSTREAM_MALLOC_ARENA_MAX`` caps them the way
 ``MALLOC_ARENA_MAX`` does, from inside the process, before its threads start.
