@@ -1,4 +1,4 @@
-"""Optional compiled build of the HL7 v2 → FHIR hot path (mypyc, about twice as fast).
+"""Optional compiled build of the hot path: the envelope codec and HL7 v2 → FHIR (mypyc, about twice as fast).
 
 Project metadata lives in pyproject.toml; this file only adds the extension
 modules.  Anything that stops the build (no mypy, no C compiler, a compile
@@ -22,7 +22,7 @@ from schemas.compiled import COMPILED_MODULES, source_path
 
 
 def _warn(what: str, exc: BaseException) -> None:
-    print(f"clinstream: {what} ({type(exc).__name__}: {exc}); the HL7 v2 hot path stays pure Python",
+    print(f"clinstream: {what} ({type(exc).__name__}: {exc}); the hot path stays pure Python",
           file=sys.stderr)
 
 

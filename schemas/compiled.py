@@ -1,4 +1,4 @@
-"""The optional mypyc build of the HL7 v2 hot path, and when to fall back to the sources.
+"""The optional mypyc build of the hot path (envelope codec, HL7 v2 → FHIR), and when to use the sources.
 
 ``setup.py`` compiles :data:`COMPILED_MODULES` into extension modules beside
 their ``.py`` files (``pip install -e .`` builds them in place; without a C
@@ -32,6 +32,7 @@ __all__ = ["COMPILED_MODULES", "build_kind", "load_sources", "use_compiled"]
 
 # In import order (each only imports those before it).
 COMPILED_MODULES = (
+    "schemas.avro_codec",  # the envelope's Avro codec: four encodes and a decode per event in the worker
     "schemas.hl7v2.parser",
     "streams.normalize.hl7v2.tables",
     "streams.normalize.hl7v2.datatypes",
@@ -66,7 +67,7 @@ def _state() -> tuple[bool, bool]:
     fresh = all(p is not None and p.stat().st_mtime >= source_path(m).stat().st_mtime
                 for m, p in zip(COMPILED_MODULES, built, strict=True))
     if not fresh:
-        print("clinstream: compiled HL7 v2 modules are older than their sources; using the sources "
+        print("clinstream: compiled hot-path modules are older than their sources; using the sources "
               "(rebuild with `pip install -e .`)", file=sys.stderr)
     return present, fresh
 
