@@ -7,7 +7,8 @@ consumer path and the broker round trips. This bench runs what the worker runs p
 another, with the worker's per-stage accounting in ``StageChain``) over the same synthetic
 ADT feed ``bench pipeline`` sends, in batches, and reports CPU microseconds per event for
 each stage and for the chain plumbing around them, so a change to a stage can be measured
-on its own and compared in the same run.
+on its own and compared in the same run. It measures under the collector settings the worker
+runs with (``topology.runtime.worker_collector``).
 
 The MPI index is a real ``ReplicatedStore`` (its RocksDB writes and reads are in); its topic
 is a loopback: what a batch wrote comes back to the store's own apply path before the next
@@ -197,7 +198,7 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
     from streams.replicated_store import ReplicatedStore
     from streams.route.stage import RouteStage
     from streams.worker import chains_for
-    from topology.runtime import machine_cpu_shares, machine_cpu_ticks
+    from topology.runtime import machine_cpu_shares, machine_cpu_ticks, worker_collector
     from topology.settings import KafkaSettings
 
     topology = Topology.model_validate(bench_topology("postgresql://bench@127.0.0.1/bench", 1))
@@ -216,31 +217,32 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
         records = [_raw_record(i, i) for i in range(warmup + events)]
         delivered = 0
         chain_s = route_chain_s = echo_s = 0.0
-        for start in range(0, len(records), batch):
-            if start == warmup:  # the measured part starts here: reset every counter
-                for s in stages:
-                    s.process_s = s.flush_s = 0.0
-                chain_s = route_chain_s = echo_s = 0.0
-                delivered = 0
-            pending: list[Pending] = []
-            t0 = time.process_time()
-            for record in records[start:start + batch]:
-                before.process(record, pending)
-            before.flush(pending)
-            t1 = time.process_time()
-            routed: list[Pending] = []
-            for record in _consumed(pending, IDENTIFIED, start):
-                route.process(record, routed)
-            route.flush(routed)
-            t2 = time.process_time()
-            loopback.publish(pending)
-            while loopback.queued:  # the echo of this batch's index writes
-                index.apply(loopback.take())  # type: ignore[arg-type]  # duck-typed Messages
-            t3 = time.process_time()
-            chain_s += t1 - t0
-            route_chain_s += t2 - t1
-            echo_s += t3 - t2
-            delivered += sum(1 for p in routed if p[0].startswith("dest."))
+        with worker_collector() as gc_settings:  # the collector the worker runs with
+            for start in range(0, len(records), batch):
+                if start == warmup:  # the measured part starts here: reset every counter
+                    for s in stages:
+                        s.process_s = s.flush_s = 0.0
+                    chain_s = route_chain_s = echo_s = 0.0
+                    delivered = 0
+                pending: list[Pending] = []
+                t0 = time.process_time()
+                for record in records[start:start + batch]:
+                    before.process(record, pending)
+                before.flush(pending)
+                t1 = time.process_time()
+                routed: list[Pending] = []
+                for record in _consumed(pending, IDENTIFIED, start):
+                    route.process(record, routed)
+                route.flush(routed)
+                t2 = time.process_time()
+                loopback.publish(pending)
+                while loopback.queued:  # the echo of this batch's index writes
+                    index.apply(loopback.take())  # type: ignore[arg-type]  # duck-typed Messages
+                t3 = time.process_time()
+                chain_s += t1 - t0
+                route_chain_s += t2 - t1
+                echo_s += t3 - t2
+                delivered += sum(1 for p in routed if p[0].startswith("dest."))
         index.stop()
     per_event = {s.name: round(s.process_s * 1e6 / events, 1) for s in stages}
     per_event["mpi_index_flush"] = round(sum(s.flush_s for s in stages) * 1e6 / events, 1)
@@ -255,6 +257,7 @@ def run_stage_bench(events: int = 5000, batch: int = 50, warmup: int = 500) -> d
         "us_per_event": round(total_s * 1e6 / events, 1),
         "us_per_event_by_part": per_event,
         "delivered": delivered,
+        "gc_gen0": gc_settings.gen0,
         "machine_cpu_pct": machine_cpu_shares(machine0, machine_cpu_ticks()),  # steal: a slower machine
     }
 

@@ -26,6 +26,8 @@ import gc
 import logging
 import os
 import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +93,22 @@ def freeze_startup_heap(settings: GcSettings | None = None) -> None:
         gc.collect()
         gc.freeze()
         log.debug("gc: %d start-up objects frozen", gc.get_freeze_count())
+
+
+@contextmanager
+def worker_collector(settings: GcSettings | None = None) -> Iterator[GcSettings]:
+    """The collector as a long-running process has it (``tune_gc``, then ``freeze_startup_heap``),
+    for a benchmark that measures in-process what that process runs; CPython's thresholds and an
+    unfrozen heap are back afterwards."""
+    s = settings or GcSettings()
+    thresholds = gc.get_threshold()
+    tune_gc(s)
+    freeze_startup_heap(s)
+    try:
+        yield s
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def process_cpu_s() -> float:
