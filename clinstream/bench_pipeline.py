@@ -191,7 +191,7 @@ def _wait_rows(dsn: str, target: int, run: str, timeout_s: float) -> float:
 
 
 def run_pipeline_bench(messages: int, connections: int, offered_rate: float, paced_messages: int,
-                       partitions: int, workers: int) -> dict[str, Any]:
+                       partitions: int, workers: int, route_workers: int = 0) -> dict[str, Any]:
     from confluent_kafka.admin import AdminClient
 
     from connectors.sinks.pg_local import start_local_postgres
@@ -217,10 +217,15 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                                 ops_port=free_port())
                 procs.append(source)
                 app_id = f"bench-worker-{int(time.time())}"
-                for w in range(workers):
-                    procs.append(_spawn(["run", "worker", "--topology", str(topo_path), "--data-dir",
-                                         str(workdir / f"worker{w}"), "--app-id", app_id],
-                                        env, workdir / f"worker{w}.log", ops_port=free_port()))
+                # with route workers beside them, the workers run normalize, dedupe and identity only
+                roles = [("worker", "identify" if route_workers else "all", workers),
+                         ("route", "route", route_workers)]
+                worker_names = [f"{name}{w}" for name, _, n in roles for w in range(n)]
+                for name, role, n in roles:
+                    for w in range(n):
+                        procs.append(_spawn(["run", "worker", "--topology", str(topo_path), "--data-dir",
+                                             str(workdir / f"{name}{w}"), "--app-id", app_id, "--role", role],
+                                            env, workdir / f"{name}{w}.log", ops_port=free_port()))
                 procs.append(_spawn(["run", "sink", "--topology", str(topo_path), "--destination", "bench-ehr",
                                      "--group-id", f"bench-sink-{int(time.time())}"], env, workdir / "sink.log",
                                     ops_port=free_port()))
@@ -233,7 +238,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 _wait_rows(dsn, len(warm), "W", 180)
                 # 1. sustained throughput
                 batch = [bench_message(i, "T") for i in range(messages)]
-                named = {"source": source.pid, **{f"worker{w}": procs[1 + w].pid for w in range(workers)},
+                named = {"source": source.pid, **{name: procs[1 + i].pid for i, name in enumerate(worker_names)},
                          "sink": procs[-1].pid, **{f"broker{i}": pid for i, pid in enumerate(_broker_pids(bootstrap))}}
                 cpu0, machine0 = _cpu_s(named), machine_cpu_ticks()
                 t0 = time.perf_counter()
@@ -267,6 +272,7 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 "connections": connections,
                 "partitions": partitions,
                 "workers": workers,
+                "route_workers": route_workers,
                 "broker": "embedded" if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "external",
                 "logs": str(workdir),
             }
@@ -301,13 +307,16 @@ def add_bench_pipeline_parser(bench: Any) -> None:
                    help="partitions per topic (default: one per worker; on the embedded broker every partition "
                         "a batch touches is a produce request of its own, about 1 ms of broker CPU)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--route-workers", type=int, default=0,
+                   help="route workers beside the workers, which then run normalize, dedupe and identity only "
+                        "(run worker --role); each is a process of its own")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=bench_pipeline_command)
 
 
 def bench_pipeline_command(args: argparse.Namespace) -> int:
     result = run_pipeline_bench(args.messages, args.connections, args.offered_rate, args.paced_messages,
-                                args.partitions or args.workers, args.workers)
+                                args.partitions or args.workers, args.workers, args.route_workers)
     if args.json:
         print(orjson.dumps(result).decode())
     else:

@@ -133,6 +133,9 @@ def _run(sub: Sub) -> None:
     w.add_argument("--app-id", default="clinstream-worker")
     w.add_argument("--web-port", type=int, default=None)
     w.add_argument("--store", default="rocksdb://")
+    w.add_argument("--role", choices=("all", "identify", "route"), default="all",
+                   help="the stages this worker runs: all, identify (normalize, dedupe, identity) or route; "
+                        "identify and route workers run side by side, one process each (default: all)")
     w.set_defaults(func=run_worker_command)
     s = rsub.add_parser("source", help="the topology's sources (MLLP, ...)")
     _topology_arg(s)
@@ -163,7 +166,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
     tune_process()
     topo = load(args.topology)
     run_worker(topo, _require_cluster(), data_dir=args.data_dir, app_id=args.app_id, web_port=args.web_port,
-               store=args.store)
+               store=args.store, role=args.role)
     return 0
 
 

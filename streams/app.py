@@ -69,6 +69,7 @@ def build_app(
     chains: Callable[[faust.App], Sequence[StageChain]],
     *,
     app_id: str = "clinstream-worker",
+    changelog_prefix: str | None = None,
     data_dir: str | Path = "var/worker",
     store: str = "rocksdb://",
     batch: AgentBatchSettings | None = None,
@@ -77,7 +78,8 @@ def build_app(
     changelog_producer: DurableProducer | None = None,
 ) -> faust.App:
     """The Faust app with one agent per stage chain; outputs go through ``producer`` and table
-    changelogs through ``changelog_producer`` (both librdkafka)."""
+    changelogs through ``changelog_producer`` (both librdkafka). Table changelog topics are
+    prefixed ``changelog_prefix`` (default: ``app_id``, as Faust names them)."""
     producer = producer or BatchProducer(settings, linger_ms=5)
     changelog_producer = changelog_producer or DurableProducer(settings, linger_ms=5)
     batch = batch or AgentBatchSettings()
@@ -102,7 +104,7 @@ def build_app(
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
         web_bind="0.0.0.0",  # probes and scrapes come from the pod network
-        Table=buffered_table_class(outputs.changelog),  # changelogs go out with the stage outputs
+        Table=buffered_table_class(outputs.changelog, changelog_prefix),  # changelogs go out with the outputs
     )
     outputs.gate_commits(app)
     install_worker_transport(app, fetch_wait_ms(settings))

@@ -80,6 +80,11 @@ class ChangelogBuffer:
 
 class _BufferedChangelog:
     changelog_buffer: ChangelogBuffer
+    changelog_prefix: str | None = None
+
+    def _changelog_topic_name(self) -> str:
+        table: Any = self
+        return f"{self.changelog_prefix or table.app.conf.id}-{table.name}-changelog"
 
     def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: Any = None,
                        value_serializer: Any = None) -> QueuedChangelog:
@@ -95,9 +100,14 @@ class _BufferedChangelog:
         return QueuedChangelog(_Message(partition))
 
 
-def buffered_table_class(buffer: ChangelogBuffer) -> type[faust.Table]:
-    """The Table class (Faust's ``Table`` setting) queueing its changelog to ``buffer``."""
-    return type("BufferedChangelogTable", (_BufferedChangelog, faust.Table), {"changelog_buffer": buffer})
+def buffered_table_class(buffer: ChangelogBuffer, changelog_prefix: str | None = None) -> type[faust.Table]:
+    """The Table class (Faust's ``Table`` setting) queueing its changelog to ``buffer``.
+
+    Changelog topics are ``<changelog_prefix>-<table>-changelog``, Faust's names with the app id
+    as the prefix by default; a worker whose app id differs (a route-role worker,
+    ``topology.acl.worker_group_id``) keeps the tables of the worker it was split from."""
+    return type("BufferedChangelogTable", (_BufferedChangelog, faust.Table),
+                {"changelog_buffer": buffer, "changelog_prefix": changelog_prefix})
 
 
 class PartitionedTableView(MutableMapping[str, Any]):

@@ -46,6 +46,14 @@ OPERATOR = "clinstream-operator"
 DEFAULT_APP_ID = "clinstream-worker"
 
 
+def worker_group_id(app_id: str, role: str = "all") -> str:
+    """The Faust app id, and so the consumer group, of a worker of ``role`` (``run worker --role``).
+
+    Route workers are a group of their own (``streams.worker``); their internal topics still start
+    with ``<app_id>-``."""
+    return f"{app_id}-route" if role == "route" else app_id
+
+
 def sink_principal(destination: str) -> str:
     return f"clinstream-sink-{destination}"
 
@@ -106,6 +114,7 @@ def acl_entries(
     # Faust creates and owns "<app_id>-..." topics (table changelogs, repartitions).
     out.append(AclEntry(worker, ("All",), "topic", f"{app_id}-", "prefixed"))
     out.append(AclEntry(worker, ("Read",), "group", app_id))
+    out.append(AclEntry(worker, ("Read",), "group", worker_group_id(app_id, "route")))
     out.append(AclEntry(worker, ("IdempotentWrite",), "cluster", "kafka-cluster"))
 
     for src in topology.sources:

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from connectors.sources.mllp.client import MllpClient
 from schemas import headers as H
@@ -94,6 +95,33 @@ def test_n_messages_in_n_rows_out(pipeline: Pipeline):
     ids = ndjson_ids(pipeline.ndjson_dir)
     assert len(ids) == len(set(ids)) == expected_billing
     print(f"\ne2e: sent={n} acked={codes.count('AA')} postgres_rows={n} billing_records={len(ids)}")
+
+
+def test_identify_and_route_workers_side_by_side_deliver_every_event_once(pipeline: Pipeline):
+    """``run worker --role identify`` and ``--role route`` as two processes: the same rows as one worker,
+    and the route worker's consent table on the changelog topic a single worker would use."""
+    n = 90
+    ehr, _billing, table = _dests(pipeline)
+    port = pipeline.start_source()
+    pipeline.start_worker("identify")
+    pipeline.start_worker("route")
+    pipeline.start_sink(ehr)
+    messages = [adt_message(i, trigger=("A01", "A04", "A08")[i % 3]) for i in range(n)]
+    assert asyncio.run(send_all(port, messages)) == ["AA"] * n
+
+    done = wait_until(lambda: pg_rows(pipeline.pg_dsn, table)[0] >= n, 240)
+    assert done, f"rows={pg_rows(pipeline.pg_dsn, table)}\n{pipeline.logs()}"
+    assert pg_rows(pipeline.pg_dsn, table) == (n, n)
+    delivered = [decode_event(m.value()) for m in read_all(pipeline.bootstrap, f"dest.{ehr}", expect=n)
+                 if H.as_dict(m.headers()).get(H.SOURCE) == pipeline.source_name]
+    assert len(delivered) == n and all(e["patient"]["euid"] for e in delivered)
+    assert all(e["lineage"]["stages"] == ["normalize", "dedupe", "identity"] for e in delivered), delivered[0]
+    topics = set(AdminClient({"bootstrap.servers": pipeline.bootstrap}).list_topics(timeout=10).topics)
+    app_id = pipeline.worker_app_id
+    assert f"{app_id}-consent-state-changelog" in topics, sorted(t for t in topics if app_id in t)
+    assert f"{app_id}-route-consent-state-changelog" not in topics
+    assert f"{app_id}-dedupe-seen-changelog" in topics
+    assert pipeline.alive() == {k: True for k in pipeline.procs}, pipeline.logs()
 
 
 def test_sink_killed_mid_run_still_exactly_n_rows(pipeline: Pipeline):

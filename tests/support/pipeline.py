@@ -114,9 +114,15 @@ class Pipeline:
         self.mllp_port = int(json.loads(line)["ready"][self.source_name]["port"])
         return self.mllp_port
 
-    def start_worker(self) -> None:
-        self._spawn("worker", ["run", "worker", "--topology", str(self.topology_path), "--data-dir",
-                               str(self.workdir / "worker"), "--app-id", f"e2e-worker-{self.run_id}"])
+    @property
+    def worker_app_id(self) -> str:
+        return f"e2e-worker-{self.run_id}"
+
+    def start_worker(self, role: str = "all") -> None:
+        """A worker of ``role`` (``run worker --role``); key ``worker``, or ``worker-<role>`` for a split one."""
+        key = "worker" if role == "all" else f"worker-{role}"
+        self._spawn(key, ["run", "worker", "--topology", str(self.topology_path), "--data-dir",
+                          str(self.workdir / key), "--app-id", self.worker_app_id, "--role", role])
 
     def start_sink(self, destination: str) -> None:
         self._spawn(f"sink-{destination}", ["run", "sink", "--topology", str(self.topology_path),

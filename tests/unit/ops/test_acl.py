@@ -71,6 +71,7 @@ def test_worker_reads_inputs_and_writes_outputs() -> None:
     assert not any(t.startswith("raw.") for t in writes)
     assert ("All", "topic", "clinstream-worker-", "prefixed") in g
     assert ("Read", "group", "clinstream-worker", "literal") in g
+    assert ("Read", "group", "clinstream-worker-route", "literal") in g  # run worker --role route
 
 
 def test_every_derived_topic_is_covered() -> None:
@@ -134,3 +135,4 @@ def test_app_id_sets_faust_internal_prefix_and_group() -> None:
     }
     assert ("All", "topic", "hospital-a-", "prefixed") in g
     assert ("Read", "group", "hospital-a", "literal") in g
+    assert ("Read", "group", "hospital-a-route", "literal") in g
