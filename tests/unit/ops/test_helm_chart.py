@@ -42,12 +42,23 @@ def render(values: Obj | None = None, release: str = "rel", namespace: str = "cl
     return docs
 
 
+def _split_values() -> Obj:
+    """Production values with route workers beside the workers (``run worker --role``)."""
+    values = copy.deepcopy(PRODUCTION)
+    values["worker"]["route"] = {"replicas": 2}
+    return values
+
+
 @cache
 def rendered(profile: str) -> tuple[Obj, ...]:
-    return tuple(render(None if profile == "default" else copy.deepcopy(PRODUCTION)))
+    return tuple(render(profile_values(profile)))
 
 
-PROFILES = ["default", "production"]
+def profile_values(profile: str) -> Obj | None:
+    return {"default": None, "production": copy.deepcopy(PRODUCTION), "split": _split_values()}[profile]
+
+
+PROFILES = ["default", "production", "split"]
 
 
 def kinds(docs: tuple[Obj, ...], kind: str) -> list[Obj]:
@@ -89,7 +100,7 @@ def topology_values(profile: str) -> Obj:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_lint_is_clean(profile: str) -> None:
-    values = None if profile == "default" else copy.deepcopy(PRODUCTION)
+    values = profile_values(profile)
     report = helm.lint(CHART, values, strict=True, namespace="clin", kube_version="v1.30.0")
     assert report["errors"] == []
     problems = [msg for msg in report["messages"] if msg["severity"] >= 2]
@@ -178,8 +189,39 @@ def test_worker_statefulset_keeps_state_on_a_pvc(profile: str, replicas: int) ->
     mount = next(m for m in container["volumeMounts"] if m["name"] == "data")
     assert mount["mountPath"] == container["workingDir"] == "/var/lib/clinstream"
     assert not any(v["name"] == "data" for v in spec["template"]["spec"]["volumes"])
-    if profile == "production":
+    if profile != "default":  # production-like
         assert claims["data"]["spec"]["storageClassName"] == "fast-ssd"
+
+
+@pytest.mark.parametrize("profile", ["default", "production"])
+def test_one_worker_statefulset_runs_every_stage(profile: str) -> None:
+    assert [d["metadata"]["name"] for d in kinds(rendered(profile), "StatefulSet")] == ["rel-clinstream-worker"]
+    args = one(rendered(profile), "StatefulSet", "rel-clinstream-worker")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert args[-2:] == ["--role", "all"]
+
+
+def test_route_workers_run_beside_identify_workers() -> None:
+    from clinstream.cli import build_parser
+
+    docs = rendered("split")
+    workers = one(docs, "StatefulSet", "rel-clinstream-worker")["spec"]
+    route = one(docs, "StatefulSet", "rel-clinstream-route-worker")["spec"]
+    assert (workers["replicas"], route["replicas"]) == (3, 2)
+    assert route["serviceName"] == "rel-clinstream-route-worker"
+    one(docs, "Service", "rel-clinstream-route-worker")
+    one(docs, "PodDisruptionBudget", "rel-clinstream-route-worker")
+    assert route["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    parser = build_parser()
+    parsed = {name: parser.parse_args(spec["template"]["spec"]["containers"][0]["args"])
+              for name, spec in (("worker", workers), ("route", route))}
+    assert (parsed["worker"].role, parsed["route"].role) == ("identify", "route")
+    assert parsed["worker"].app_id == parsed["route"].app_id  # the route group is derived from it
+    # the two StatefulSets select only their own pods
+    assert not matches(route["selector"]["matchLabels"], workers["template"]["metadata"]["labels"])
+    assert not matches(workers["selector"]["matchLabels"], route["template"]["metadata"]["labels"])
+    limits = route["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "1", "memory": "1Gi"}  # worker.route.resources, not the workers'
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -245,7 +287,7 @@ def test_listener_services(profile: str, expected: dict[str, tuple[str, int]]) -
         container = dep["spec"]["template"]["spec"]["containers"][0]
         container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert container_ports[port_name] == port
-    if profile == "production":
+    if profile != "default":  # production-like
         assert one(docs, "Service", "rel-clinstream-source-adt-feed")["spec"]["type"] == "LoadBalancer"
 
 
@@ -294,7 +336,7 @@ def test_service_monitor_scrapes_every_long_running_pod(profile: str) -> None:
     for d in workloads(docs):
         labels = d["spec"]["template"]["metadata"]["labels"]
         assert any(matches(svc["spec"]["selector"], labels) for svc in selected), d["metadata"]["name"]
-    if profile == "production":
+    if profile != "default":  # production-like
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         assert sm["spec"]["endpoints"][0]["interval"] == "15s"
 
@@ -377,14 +419,14 @@ def test_kafka_env_matches_kafka_settings(profile: str, monkeypatch: pytest.Monk
             monkeypatch.delenv(k)
         for k, v in kafka_env.items():
             monkeypatch.setenv(k, v)
-        if profile == "production":
+        if profile != "default":  # production-like
             # What the per-component Secrets provide at run time.
             for k in secret_keys:
                 monkeypatch.setenv(k, "from-secret")
         settings = KafkaSettings()
         conf = settings.librdkafka()
         assert conf["bootstrap.servers"] == kafka_env["KAFKA_BOOTSTRAP_SERVERS"]
-        if profile == "production":
+        if profile != "default":  # production-like
             assert conf["security.protocol"] == "sasl_ssl"
             assert conf["sasl.mechanism"] == "SCRAM-SHA-512"
             assert conf["ssl.ca.location"] == "/etc/clinstream/kafka-tls/ca.crt"
@@ -489,7 +531,7 @@ def test_values_schema_rejects_wrong_types(values: Obj, where: str) -> None:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_values_schema_accepts_the_shipped_values(profile: str) -> None:
-    values = None if profile == "default" else copy.deepcopy(PRODUCTION)
+    values = profile_values(profile)
     _chart().validate_schema(_chart().merge_values(values))
 
 
@@ -545,7 +587,7 @@ def test_tuning_values_name_every_setting_with_its_default_and_bounds() -> None:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_tuning_values_reach_the_processes(profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    values = None if profile == "default" else copy.deepcopy(PRODUCTION)
+    values = profile_values(profile)
     values = _chart().merge_values(values)
     values["worker"]["batch"] = {"size": 250, "withinMs": 15, "idleMs": 3}
     values["worker"]["state"] = {"writeBufferMb": 32, "maxWriteBuffers": 3, "blockCacheMb": 64,
