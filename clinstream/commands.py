@@ -125,6 +125,8 @@ def topology_command(args: argparse.Namespace) -> int:
 # --- run --------------------------------------------------------------------
 
 def _run(sub: Sub) -> None:
+    from topology.acl import WORKER_ROLES
+
     p = sub.add_parser("run", help="run one part of the pipeline (worker, source, sink)")
     rsub = p.add_subparsers(dest="run_command", required=True)
     w = rsub.add_parser("worker", help="the Faust worker (normalize, dedupe, identity, route)")
@@ -133,7 +135,7 @@ def _run(sub: Sub) -> None:
     w.add_argument("--app-id", default="clinstream-worker")
     w.add_argument("--web-port", type=int, default=None)
     w.add_argument("--store", default="rocksdb://")
-    w.add_argument("--role", choices=("all", "identify", "route"), default="all",
+    w.add_argument("--role", choices=WORKER_ROLES, default="all",
                    help="the stages this worker runs: all, identify (normalize, dedupe, identity) or route; "
                         "identify and route workers run side by side, one process each (default: all)")
     w.set_defaults(func=run_worker_command)

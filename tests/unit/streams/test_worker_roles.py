@@ -11,7 +11,7 @@ from streams.identity.engine import MemoryStore
 from streams.tables import ChangelogBuffer, buffered_table_class
 from streams.worker import ROLE_STAGES, chains_for, stages_for, stages_for_topics
 from tests.support.pipeline import e2e_topology
-from topology.acl import worker_group_id
+from topology.acl import WORKER_ROLES, worker_group_id
 from topology.model import IDENTIFIED, MPI_REVIEW, Topology
 
 BASE_APP_ID = "hospital-worker"
@@ -46,6 +46,7 @@ def test_tables_keep_the_changelog_topics_of_the_worker_app_id(role: str) -> Non
 
 
 def test_route_workers_are_a_consumer_group_of_their_own() -> None:
+    assert set(ROLE_STAGES) == set(WORKER_ROLES)  # what run worker --role accepts
     assert worker_group_id(BASE_APP_ID, "all") == worker_group_id(BASE_APP_ID, "identify") == BASE_APP_ID
     assert worker_group_id(BASE_APP_ID, "route") == f"{BASE_APP_ID}-route"
 
