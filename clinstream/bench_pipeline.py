@@ -220,12 +220,13 @@ def run_pipeline_bench(messages: int, connections: int, offered_rate: float, pac
                 # with route workers beside them, the workers run normalize, dedupe and identity only
                 roles = [("worker", "identify" if route_workers else "all", workers),
                          ("route", "route", route_workers)]
-                worker_names = [f"{name}{w}" for name, _, n in roles for w in range(n)]
+                worker_names: list[str] = []
                 for name, role, n in roles:
                     for w in range(n):
+                        worker_names.append(f"{name}{w}")
                         procs.append(_spawn(["run", "worker", "--topology", str(topo_path), "--data-dir",
-                                             str(workdir / f"{name}{w}"), "--app-id", app_id, "--role", role],
-                                            env, workdir / f"{name}{w}.log", ops_port=free_port()))
+                                             str(workdir / worker_names[-1]), "--app-id", app_id, "--role", role],
+                                            env, workdir / f"{worker_names[-1]}.log", ops_port=free_port()))
                 procs.append(_spawn(["run", "sink", "--topology", str(topo_path), "--destination", "bench-ehr",
                                      "--group-id", f"bench-sink-{int(time.time())}"], env, workdir / "sink.log",
                                     ops_port=free_port()))

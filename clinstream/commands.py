@@ -125,7 +125,7 @@ def topology_command(args: argparse.Namespace) -> int:
 # --- run --------------------------------------------------------------------
 
 def _run(sub: Sub) -> None:
-    from topology.acl import WORKER_ROLES
+    from topology.model import ROLE_STAGES
 
     p = sub.add_parser("run", help="run one part of the pipeline (worker, source, sink)")
     rsub = p.add_subparsers(dest="run_command", required=True)
@@ -135,7 +135,7 @@ def _run(sub: Sub) -> None:
     w.add_argument("--app-id", default="clinstream-worker")
     w.add_argument("--web-port", type=int, default=None)
     w.add_argument("--store", default="rocksdb://")
-    w.add_argument("--role", choices=WORKER_ROLES, default="all",
+    w.add_argument("--role", choices=tuple(ROLE_STAGES), default="all",
                    help="the stages this worker runs: all, identify (normalize, dedupe, identity) or route; "
                         "identify and route workers run side by side, one process each (default: all)")
     w.set_defaults(func=run_worker_command)

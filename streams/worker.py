@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, Literal
 
 import faust
 
@@ -42,20 +41,12 @@ from streams.tables import PartitionedTableView
 from topology.acl import worker_group_id
 from topology.health import HealthServer, OpsSettings, broker_check
 from topology.lag import LagMonitor
-from topology.model import IDENTIFIED, MPI_REVIEW, Topology
+from topology.model import IDENTIFIED, MPI_REVIEW, ROLE_STAGES, Topology, WorkerRole
 from topology.producer import BatchProducer, DurableProducer
 from topology.runtime import freeze_startup_heap
 from topology.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-
-WorkerRole = Literal["all", "identify", "route"]
-# The stages each role runs, in pipeline order.
-ROLE_STAGES: Final[dict[str, tuple[str, ...]]] = {
-    "all": ("normalize", "dedupe", "identity", "route"),
-    "identify": ("normalize", "dedupe", "identity"),
-    "route": ("route",),
-}
 
 
 def mpi_index_topic(app_id: str) -> str:

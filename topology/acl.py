@@ -46,10 +46,6 @@ OPERATOR = "clinstream-operator"
 DEFAULT_APP_ID = "clinstream-worker"
 
 
-# `clinstream run worker --role`: every stage, normalize + dedupe + identity, or route.
-WORKER_ROLES = ("all", "identify", "route")
-
-
 def worker_group_id(app_id: str, role: str = "all") -> str:
     """The Faust app id, and so the consumer group, of a worker of ``role`` (``run worker --role``).
 

@@ -20,6 +20,9 @@ PurposeOfUse = Literal[
 CleanupPolicy = Literal["delete", "compact", "compact,delete"]
 
 STAGES = ("normalize", "dedupe", "identity", "route")
+WorkerRole = Literal["all", "identify", "route"]
+# `clinstream run worker --role`: the stages each role runs, in pipeline order.
+ROLE_STAGES: dict[str, tuple[str, ...]] = {"all": STAGES, "identify": STAGES[:3], "route": STAGES[3:]}
 CANONICAL = "canonical.events"
 DEDUPED = "dedup.events"
 IDENTIFIED = "identified.events"

@@ -9,10 +9,10 @@ import pytest
 
 from streams.identity.engine import MemoryStore
 from streams.tables import ChangelogBuffer, buffered_table_class
-from streams.worker import ROLE_STAGES, chains_for, stages_for, stages_for_topics
+from streams.worker import chains_for, stages_for, stages_for_topics
 from tests.support.pipeline import e2e_topology
-from topology.acl import WORKER_ROLES, worker_group_id
-from topology.model import IDENTIFIED, MPI_REVIEW, Topology
+from topology.acl import worker_group_id
+from topology.model import IDENTIFIED, MPI_REVIEW, ROLE_STAGES, STAGES, Topology
 
 BASE_APP_ID = "hospital-worker"
 
@@ -46,7 +46,8 @@ def test_tables_keep_the_changelog_topics_of_the_worker_app_id(role: str) -> Non
 
 
 def test_route_workers_are_a_consumer_group_of_their_own() -> None:
-    assert set(ROLE_STAGES) == set(WORKER_ROLES)  # what run worker --role accepts
+    assert ROLE_STAGES["all"] == STAGES  # every stage, once, in pipeline order
+    assert ROLE_STAGES["identify"] + ROLE_STAGES["route"] == STAGES
     assert worker_group_id(BASE_APP_ID, "all") == worker_group_id(BASE_APP_ID, "identify") == BASE_APP_ID
     assert worker_group_id(BASE_APP_ID, "route") == f"{BASE_APP_ID}-route"
 
