@@ -21,15 +21,16 @@ from pathlib import Path
 
 import faust
 from faust.streams import _current_event
+from faust.types import Message
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import headers as H
-from streams.batching import take_ready_events
+from streams.batching import take_ready_batches
 from streams.chain import Pending, StageChain
 from streams.stage import InRecord
 from streams.tables import ChangelogBuffer, buffered_table_class
-from streams.transport import install_worker_transport
+from streams.transport import fetch_inbox, install_worker_transport
 from topology.broker import fetch_wait_ms, is_embedded_broker
 from topology.model import Topology
 from topology.producer import BatchProducer, DurableProducer
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class AgentBatchSettings(BaseSettings):
-    """How an agent batches its input (``streams.batching.take_ready_events``); env prefix ``CLINSTREAM_BATCH_``.
+    """How an agent batches its input (``streams.batching.take_ready_batches``); env prefix ``CLINSTREAM_BATCH_``.
 
     A batch ends at ``size`` records, ``within_ms`` after its first record, or once no record was
     added for ``idle_ms`` (what was fetched is all in). The batch fills only while the agent waits,
@@ -61,6 +62,9 @@ class AgentBatchSettings(BaseSettings):
                            description="how long a batch waits to fill before the agent takes it")
     idle_ms: int = Field(default=5, ge=1, le=60_000,
                          description="a batch is taken once no record was added to it for this long")
+    inbox_records: int = Field(default=1000, ge=1, le=1_000_000,
+                               description="fetched records waiting for an agent at most (its fetch inbox), "
+                                           "give or take one fetch")
 
 
 def build_app(
@@ -109,7 +113,7 @@ def build_app(
     outputs.gate_commits(app)
     install_worker_transport(app, fetch_wait_ms(settings))
     for chain in chains(app):
-        _register(app, chain, outputs, batch.size, batch.within_ms / 1000, batch.idle_ms / 1000)
+        _register(app, chain, outputs, batch)
     return app
 
 
@@ -191,20 +195,20 @@ class InFlightOutputs:
         app.producer.flush = flush_then_drain  # type: ignore[method-assign]
 
 
-def _register(app: faust.App, chain: StageChain, outputs: InFlightOutputs, batch_size: int, within: float,
-              idle: float) -> None:
+def _register(app: faust.App, chain: StageChain, outputs: InFlightOutputs, batch: AgentBatchSettings) -> None:
     topic = app.topic(*chain.input_topics, key_type=bytes, value_type=bytes, value_serializer="raw",
                       key_serializer="raw")
+    inbox = fetch_inbox(app, chain.input_topics, batch.inbox_records)  # whole fetches, not an event per record
+    size, within, idle = batch.size, batch.within_ms / 1000, batch.idle_ms / 1000
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in take_ready_events(stream, batch_size, within, idle):
+        async for messages in take_ready_batches(stream, inbox, size, within, idle):
             pending: list[Pending] = []
             started = time.perf_counter()
-            for event in events:
-                # take_events buffers a batch; point Faust's "current event" at the record being processed
-                # so table writes go to that record's changelog partition (and windows use its time).
+            for msg in messages:
+                # Faust's "current event" routes table writes to the record's changelog partition.
+                event = _RecordEvent(msg)
                 _current_event.set(weakref.ref(event))
-                msg = event.message
                 chain.process(InRecord(
                     topic=msg.topic,
                     partition=msg.partition,
@@ -214,10 +218,20 @@ def _register(app: faust.App, chain: StageChain, outputs: InFlightOutputs, batch
                     headers=H.as_dict(msg.headers),
                     timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
                 ), pending)
+            _current_event.set(None)
             chain.flush(pending)  # write-behind state (the MPI index) goes out with the batch
             # Outputs and dead letters stay in flight; commits wait for them (InFlightOutputs).
-            await outputs.send(pending)
-            log.debug("%s: batch of %d in %.1f ms", chain.name, len(events), (time.perf_counter() - started) * 1e3)
+            await outputs.send(pending)  # then take_ready_batches acks the batch
+            log.debug("%s: batch of %d in %.1f ms", chain.name, len(messages), (time.perf_counter() - started) * 1e3)
 
     agent.__name__ = f"{chain.name}_agent"
     app.agent(topic, name=chain.name)(agent)
+
+
+class _RecordEvent:
+    """What a table write reads of Faust's current event: the record being processed."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message

@@ -106,3 +106,29 @@ async def _take_ready_events(stream: Any, max_: int, within: float, idle: float)
     finally:
         stream.enable_acks = stream_enable_acks
         stream._processors.remove(add_to_buffer)
+
+
+async def take_ready_batches(stream: Any, inbox: Any, max_: int, within: float,
+                             idle: float) -> AsyncGenerator[list[Any], None]:
+    """Lists of at most ``max_`` records (Faust ``ConsumerMessage``) of ``stream``'s topics, taken from
+    their ``inbox`` (``streams.transport.fetch_inbox``) on the three rules of ``take_ready_events``:
+    ``max_`` records, ``within`` after the batch began, or ``idle`` without a record added. Records
+    that queued while the last batch was processed are all there at once, so under load a batch is
+    ``max_`` records taken without waiting. A batch is acked once the loop body is done with it
+    (not if it raised)."""
+    if max_ < 1 or within <= 0 or idle <= 0:
+        raise ValueError(f"take_ready_batches: max_ {max_}, within {within} and idle {idle} must be positive")
+    aiter(stream.channel)  # subscribes the topics (their records come through the inbox)
+    consumer = stream.app.consumer
+    loop = asyncio.get_running_loop()
+    while True:
+        await inbox.wait_for_more_than(0)
+        deadline = loop.time() + within
+        while len(inbox) < max_:
+            wait = min(idle, deadline - loop.time())
+            if wait <= 0 or not await inbox.wait_for_more_than(len(inbox), wait):
+                break
+        batch = consumer.take_batch(inbox.take(max_))
+        if batch:  # none while a rebalance suspends the flow, none of an earlier generation
+            yield batch
+            consumer.ack_batch(batch)

@@ -1,11 +1,13 @@
-"""``clinstream bench consume``: what the worker's Faust consumer costs per record, with and without lean delivery.
+"""``clinstream bench consume``: what the worker's Faust consumer costs per record, three ways.
 
 The worker consumes every pipeline message twice through Faust (``raw.*`` and
 ``identified.events``). This bench produces bench-feed messages to one topic, then
-alternates child processes that each run one ``take_events`` agent (the worker's batch
-settings, nothing else) over them, through the worker transport with Faust's per-record
-delivery race (``faust``) and with the lean delivery (``lean``, ``streams.transport``);
-each reports process CPU and wall time from its first batch to its last.
+alternates child processes that each run one pass-through batching agent (the worker's batch
+settings, nothing else) over them, through the worker transport: an event per record with
+Faust's per-record delivery race (``faust``) and with the lean delivery (``lean``), both
+batched by ``take_ready_events``; and whole fetches through a fetch inbox (``fetch``, what the
+worker runs: ``streams.transport``, ``take_ready_batches``). Each reports process CPU and wall
+time from its first batch to its last.
 """
 
 from __future__ import annotations
@@ -27,15 +29,15 @@ from topology.runtime import process_cpu_s
 
 __all__ = ["add_bench_consume_parser", "run_consume_bench"]
 
-_MODES = ("faust", "lean")
+_MODES = ("faust", "lean", "fetch")  # the worker: fetch
 
 
 def _child(bootstrap: str, topic: str, records: int, mode: str, out: str) -> None:
     import faust
 
     from streams.app import AgentBatchSettings
-    from streams.batching import take_ready_events
-    from streams.transport import install_worker_transport
+    from streams.batching import take_ready_batches, take_ready_events
+    from streams.transport import fetch_inbox, install_worker_transport
     from topology.broker import fetch_wait_ms
     from topology.settings import KafkaSettings
 
@@ -48,10 +50,17 @@ def _child(bootstrap: str, topic: str, records: int, mode: str, out: str) -> Non
     install_worker_transport(app, fetch_wait_ms(settings), lean_delivery=mode == "lean")
     source = app.topic(topic, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
     seen: dict[str, Any] = {"n": 0, "first": None}
+    inbox = fetch_inbox(app, [topic], batch.inbox_records) if mode == "fetch" else None
+
+    def batches(stream: faust.StreamT[bytes]) -> Any:
+        within, idle = batch.within_ms / 1000, batch.idle_ms / 1000
+        if inbox is not None:
+            return take_ready_batches(stream, inbox, batch.size, within, idle)
+        return take_ready_events(stream, batch.size, within, idle)
 
     @app.agent(source)
     async def count(stream: faust.StreamT[bytes]) -> None:
-        async for events in take_ready_events(stream, batch.size, batch.within_ms / 1000, batch.idle_ms / 1000):
+        async for events in batches(stream):
             if seen["first"] is None:  # from the first batch on: no start-up, no group join
                 seen["first"] = (time.perf_counter(), process_cpu_s(), len(events))
             seen["n"] += len(events)
@@ -110,11 +119,13 @@ def run_consume_bench(records: int = 30000, rounds: int = 3, timeout_s: float = 
         summary[f"{mode}_runs"] = runs
     summary["cpu_ratio_faust_over_lean"] = round(summary["faust_cpu_us_per_record"] /
                                                  summary["lean_cpu_us_per_record"], 2)
+    summary["cpu_ratio_lean_over_fetch"] = round(summary["lean_cpu_us_per_record"] /
+                                                 summary["fetch_cpu_us_per_record"], 2)
     return summary
 
 
 def add_bench_consume_parser(bench: Any) -> None:
-    p = bench.add_parser("consume", help="the worker's Faust consumer: CPU us per record, Faust's delivery vs lean")
+    p = bench.add_parser("consume", help="the worker's Faust consumer: CPU us per record, three deliveries")
     p.add_argument("--records", type=int, default=30000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true")
@@ -129,7 +140,9 @@ def bench_consume_command(args: argparse.Namespace) -> int:
     print(f"consume ({result['records']} records, {result['rounds']} alternating rounds, medians): "
           f"Faust's delivery {result['faust_cpu_us_per_record']} us CPU/record, "
           f"{result['faust_records_per_s']:,} records/s; lean delivery {result['lean_cpu_us_per_record']} us, "
-          f"{result['lean_records_per_s']:,} records/s ({result['cpu_ratio_faust_over_lean']}x)")
+          f"{result['lean_records_per_s']:,} records/s ({result['cpu_ratio_faust_over_lean']}x); "
+          f"whole fetches (the worker's) {result['fetch_cpu_us_per_record']} us, "
+          f"{result['fetch_records_per_s']:,} records/s ({result['cpu_ratio_lean_over_fetch']}x less than lean)")
     return 0
 
 

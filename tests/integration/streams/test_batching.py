@@ -1,7 +1,9 @@
-"""An agent's batches (streams.batching.take_ready_events) on the broker: what is ready goes at once.
+"""An agent's batches on the broker: what is ready goes at once.
 
-A Faust worker in a child process consumes a topic through ``take_ready_events`` and logs each
-batch (its size and when it was taken); the test produces bursts and reads the log."""
+A Faust worker in a child process consumes a topic through ``streams.batching.take_ready_batches``
+(whole fetches through a fetch inbox, as the worker does) or ``take_ready_events`` (an event per
+record, what ``bench consume`` compares with) and logs each batch (its records and when it was
+taken); the test produces bursts and reads the log."""
 
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ from topology.broker import cluster
 MAX, WITHIN_S, IDLE_S = 10, 8.0, 0.1
 
 
-def _child(bootstrap: str, topic: str, log_path: str) -> None:
+def _child(bootstrap: str, topic: str, log_path: str, how: str) -> None:
     import faust
 
-    from streams.batching import take_ready_events
-    from streams.transport import install_worker_transport
+    from streams.batching import take_ready_batches, take_ready_events
+    from streams.transport import fetch_inbox, install_worker_transport
     from topology.broker import fetch_wait_ms
     from topology.settings import KafkaSettings
 
@@ -32,12 +34,16 @@ def _child(bootstrap: str, topic: str, log_path: str) -> None:
                     web_enabled=False, topic_disable_leader=True)
     install_worker_transport(app, fetch_wait_ms(settings))
     source = app.topic(topic, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
+    inbox = fetch_inbox(app, [topic], 4 * MAX) if how == "fetches" else None
 
     @app.agent(source)
     async def batches(stream: faust.StreamT[bytes]) -> None:
-        async for events in take_ready_events(stream, MAX, WITHIN_S, IDLE_S):
+        taken = (take_ready_batches(stream, inbox, MAX, WITHIN_S, IDLE_S) if inbox is not None
+                 else take_ready_events(stream, MAX, WITHIN_S, IDLE_S))
+        async for batch in taken:  # records (ConsumerMessage) or events (their .message)
+            values = [getattr(r, "message", r).value.decode() for r in batch]
             with open(log_path, "a") as log:
-                log.write(json.dumps({"at": time.time(), "values": [e.value.decode() for e in events]}) + "\n")
+                log.write(json.dumps({"at": time.time(), "values": values}) + "\n")
 
     worker = faust.Worker(app, loglevel="error", quiet=True)
     worker.spinner = None
@@ -57,7 +63,8 @@ def _batches(log: Path, total: int, timeout_s: float) -> list[dict]:
 
 
 @pytest.mark.timeout(180)
-def test_a_burst_is_taken_when_it_stops_not_after_the_batch_window(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["fetches", "events"])
+def test_a_burst_is_taken_when_it_stops_not_after_the_batch_window(tmp_path: Path, how: str) -> None:
     from confluent_kafka import Producer
 
     log = tmp_path / "batches.jsonl"
@@ -74,7 +81,7 @@ def test_a_burst_is_taken_when_it_stops_not_after_the_batch_window(tmp_path: Pat
 
         burst(producer, "a", 25)  # waiting for the consumer: read from the start
         child = subprocess.Popen([sys.executable, "-c", "import sys; from tests.integration.streams.test_batching "
-                                  "import _child; _child(*sys.argv[1:])", bootstrap, topic, str(log)],
+                                  "import _child; _child(*sys.argv[1:])", bootstrap, topic, str(log), how],
                                  stderr=subprocess.PIPE, text=True)
         try:
             first = _batches(log, 25, 120)
