@@ -118,9 +118,10 @@ class Pipeline:
     def worker_app_id(self) -> str:
         return f"e2e-worker-{self.run_id}"
 
-    def start_worker(self, role: str = "all") -> None:
-        """A worker of ``role`` (``run worker --role``); key ``worker``, or ``worker-<role>`` for a split one."""
-        key = "worker" if role == "all" else f"worker-{role}"
+    def start_worker(self, role: str = "all", key: str | None = None) -> None:
+        """A worker of ``role`` (``run worker --role``); key ``worker``, or ``worker-<role>`` for a split one,
+        unless ``key`` names it (a second worker of the same group)."""
+        key = key or ("worker" if role == "all" else f"worker-{role}")
         self._spawn(key, ["run", "worker", "--topology", str(self.topology_path), "--data-dir",
                           str(self.workdir / key), "--app-id", self.worker_app_id, "--role", role])
 
