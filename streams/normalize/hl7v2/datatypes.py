@@ -283,8 +283,20 @@ def _hd_system_raw(raw: str, rep: Rep) -> str | None:
     if not raw:
         return None
     ss = rep.subsep
-    if (ss is None or ss not in raw) and rep.enc.esc not in raw:
-        return _hd_system(raw, "", "")  # namespace only (the usual "HOSP"): no composite to build
+    esc = rep.enc.esc
+    if ss is None or ss not in raw:
+        if esc not in raw:
+            return _hd_system(raw, "", "")  # namespace only (the usual "HOSP"): no composite to build
+    elif ss == "&" and esc not in raw:
+        # The usual full HD ("HOSP&1.2.3&ISO"): by its text, which alone decides the result with the
+        # standard "&" and no escapes, instead of a Rep, a split and a tuple key per identifier.
+        hit = _HD_RAW_SYSTEMS.get(raw)
+        if hit is None:
+            v = Rep(raw, rep.enc, ss, None).vals()
+            hit = _hd_system(v[0], v[1], v[2]) or ""
+            if len(_HD_RAW_SYSTEMS) < MEMO_MAX:
+                _HD_RAW_SYSTEMS[raw] = hit
+        return hit or None
     v = Rep(raw, rep.enc, ss, None).vals()
     return _hd_system(v[0], v[1], v[2])
 
@@ -295,6 +307,8 @@ def _hd_system_raw(raw: str, rep: Rep) -> str | None:
 # data; they hold strings only, nothing a caller could mutate.
 _NS_SYSTEMS: Final[dict[str, str]] = {}
 _HD_SYSTEMS: Final[dict[tuple[str, str, str], str]] = {}
+# The same by the raw "&"-separated component text (see _hd_system_raw).
+_HD_RAW_SYSTEMS: Final[dict[str, str]] = {}
 
 
 def _hd_system(namespace: str, universal: str, kind: str) -> str | None:

@@ -89,6 +89,15 @@ def test_timestamp_fast_path_matches_the_general_path() -> None:
     assert not mismatches, mismatches[:5]
 
 
+def test_hd_memo_by_text_matches_the_composite() -> None:
+    enc = rep("x").enc
+    for raw in ("GHH&2.16.840.1.113883.19.5&ISO", "GHH&&", "&1.2.3", "A&http://x/y&URI", "B&u-1&UUID", "C&&L"):
+        comp = Rep(raw, enc, "&", None)
+        expected = dt._hd_system(comp.get(1), comp.get(2), comp.get(3))
+        for _ in range(2):  # computed, then from the memo
+            assert dt._hd_system_raw(raw, rep(raw)) == expected
+
+
 def test_vocabulary_memos_are_bounded() -> None:
     for i in range(dt.MEMO_MAX + 10):
         assert dt.hd_system(rep(f"NS{i}")) == f"urn:clinstream:v2:ns:NS{i}"
