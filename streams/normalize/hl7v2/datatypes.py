@@ -220,10 +220,15 @@ def _format_dt(parts: tuple[str, ...], default_tz: str) -> str:
 
 def date(value: str) -> str | None:
     """DT/DTM → FHIR date (time part dropped, precision kept)."""
-    if len(value) == 8:
+    n = len(value)
+    if n == 8:
         fast = _fast_datetime(value, "", False)  # the common YYYYMMDD: a date either way
         if fast is not None:
             return fast
+    elif n > 8:
+        fast = _fast_datetime(value, "Z", False)  # a valid full date-time: its date part
+        if fast is not None:
+            return fast[:10]
     parts = _split_ts(value)
     if parts is None:
         return None
@@ -238,6 +243,9 @@ def instant(value: str, default_tz: str = "Z") -> str | None:
     fast = _fast_datetime(value, default_tz, True)
     if fast is not None:
         return fast
+    n = len(value)
+    if (n == 8 or n == 12 or n == 17) and _fast_datetime(value, default_tz, False) is not None:
+        return None  # valid, but a day or minute precision: no instant (as the general path decides)
     parts = _split_ts(value)
     if parts is None or not parts[5]:
         return None
@@ -246,6 +254,10 @@ def instant(value: str, default_tz: str = "Z") -> str | None:
 
 def instant_padded(value: str, default_tz: str = "Z") -> str | None:
     """DTM → FHIR instant, padding missing month/day/time with their first value."""
+    if len(value) > 8:
+        fast = _fast_datetime(value, default_tz, False)  # minutes or seconds: padded, it's the dateTime
+        if fast is not None:
+            return fast
     parts = _split_ts(value)
     if parts is None:
         return None
