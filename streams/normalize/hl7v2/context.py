@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from schemas.hl7v2.parser import Message, Rep
 from streams.normalize.hl7v2 import datatypes as dt
+from streams.normalize.hl7v2.tables import MEMO_MAX
 
 # Fixed namespace so ids are stable across processes and releases.
 NAMESPACE: Final = uuid.UUID("6f1c1f52-8c1e-5d0e-9a53-3c2b1f0d7e41")
@@ -46,6 +47,14 @@ def _uuid5_from(state: Any, tail: str) -> str:
 
 # Per-source SHA-1 prefix states (keyed by the configured source name, not by message content; bounded).
 _SOURCE_STATES: Final[dict[str, Any]] = {}
+
+# Content-keyed ids of the resources that name a site's staff, organizations, places and devices
+# ("<source>|<type>|<key>" → uuid5): the same few hundred recur in message after message, and each
+# id costs a SHA-1 (about a tenth of a conversion).  Only these types: patients, visits and accounts
+# are keyed by patient data and are not kept.  Bounded; past the bound, ids are computed, not stored.
+_SHARED_TYPES: Final = frozenset({"Practitioner", "Organization", "Location", "Device"})
+_SHARED_IDS: Final[dict[str, str]] = {}
+_SHARED_IDS_MAX: Final = 4 * MEMO_MAX
 
 
 # PL components (0-based) that name a location without PL.9, in the order they are joined.
@@ -116,6 +125,14 @@ class Ctx:
         rtype = resource["resourceType"]
         if scoped:
             rid = self.scoped_id(f"{rtype}|{key}")
+        elif rtype in _SHARED_TYPES:
+            memo_key = f"{self.source}|{rtype}|{key}"
+            known = _SHARED_IDS.get(memo_key)
+            if known is None:
+                known = _uuid5_from(self._source_state, f"{rtype}|{key}")
+                if len(_SHARED_IDS) < _SHARED_IDS_MAX:
+                    _SHARED_IDS[memo_key] = known
+            rid = known
         else:
             rid = _uuid5_from(self._source_state, f"{rtype}|{key}")
         ref = f"urn:uuid:{rid}"

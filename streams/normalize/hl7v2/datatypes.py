@@ -220,10 +220,15 @@ def _format_dt(parts: tuple[str, ...], default_tz: str) -> str:
 
 def date(value: str) -> str | None:
     """DT/DTM → FHIR date (time part dropped, precision kept)."""
-    if len(value) == 8:
+    n = len(value)
+    if n == 8:
         fast = _fast_datetime(value, "", False)  # the common YYYYMMDD: a date either way
         if fast is not None:
             return fast
+    elif n > 8:
+        fast = _fast_datetime(value, "Z", False)  # a valid full date-time: its date part
+        if fast is not None:
+            return fast[:10]
     parts = _split_ts(value)
     if parts is None:
         return None
@@ -238,6 +243,9 @@ def instant(value: str, default_tz: str = "Z") -> str | None:
     fast = _fast_datetime(value, default_tz, True)
     if fast is not None:
         return fast
+    n = len(value)
+    if (n == 8 or n == 12 or n == 17) and _fast_datetime(value, default_tz, False) is not None:
+        return None  # valid, but a day or minute precision: no instant (as the general path decides)
     parts = _split_ts(value)
     if parts is None or not parts[5]:
         return None
@@ -246,6 +254,10 @@ def instant(value: str, default_tz: str = "Z") -> str | None:
 
 def instant_padded(value: str, default_tz: str = "Z") -> str | None:
     """DTM → FHIR instant, padding missing month/day/time with their first value."""
+    if len(value) > 8:
+        fast = _fast_datetime(value, default_tz, False)  # minutes or seconds: padded, it's the dateTime
+        if fast is not None:
+            return fast
     parts = _split_ts(value)
     if parts is None:
         return None
@@ -283,8 +295,20 @@ def _hd_system_raw(raw: str, rep: Rep) -> str | None:
     if not raw:
         return None
     ss = rep.subsep
-    if (ss is None or ss not in raw) and rep.enc.esc not in raw:
-        return _hd_system(raw, "", "")  # namespace only (the usual "HOSP"): no composite to build
+    esc = rep.enc.esc
+    if ss is None or ss not in raw:
+        if esc not in raw:
+            return _hd_system(raw, "", "")  # namespace only (the usual "HOSP"): no composite to build
+    elif ss == "&" and esc not in raw:
+        # The usual full HD ("HOSP&1.2.3&ISO"): by its text, which alone decides the result with the
+        # standard "&" and no escapes, instead of a Rep, a split and a tuple key per identifier.
+        hit = _HD_RAW_SYSTEMS.get(raw)
+        if hit is None:
+            v = Rep(raw, rep.enc, ss, None).vals()
+            hit = _hd_system(v[0], v[1], v[2]) or ""
+            if len(_HD_RAW_SYSTEMS) < MEMO_MAX:
+                _HD_RAW_SYSTEMS[raw] = hit
+        return hit or None
     v = Rep(raw, rep.enc, ss, None).vals()
     return _hd_system(v[0], v[1], v[2])
 
@@ -295,6 +319,8 @@ def _hd_system_raw(raw: str, rep: Rep) -> str | None:
 # data; they hold strings only, nothing a caller could mutate.
 _NS_SYSTEMS: Final[dict[str, str]] = {}
 _HD_SYSTEMS: Final[dict[tuple[str, str, str], str]] = {}
+# The same by the raw "&"-separated component text (see _hd_system_raw).
+_HD_RAW_SYSTEMS: Final[dict[str, str]] = {}
 
 
 def _hd_system(namespace: str, universal: str, kind: str) -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from schemas.hl7v2 import Hl7ParseError
+from schemas.hl7v2.parser import parse_message
 from streams.normalize.hl7v2 import UnsupportedMessageError, convert_message, event_summary
 from streams.normalize.hl7v2.bench import add_bench_convert_parser, run_convert_bench
 from streams.normalize.hl7v2.cli import add_convert_parser, convert_command
@@ -79,6 +80,27 @@ def test_ids_are_deterministic_and_scoped_by_source() -> None:
     assert a == b
     c = convert_message(ADT_A01, source="s2")
     assert {e["fullUrl"] for e in a["entry"]}.isdisjoint({e["fullUrl"] for e in c["entry"]})
+
+
+def test_shared_resource_ids_are_memoised_as_computed_and_bounded() -> None:
+    from streams.normalize.hl7v2 import context
+
+    bundle = convert_message(ADT_A01, source="memo-src")
+    for entry in bundle["entry"]:
+        res = entry["resource"]
+        memo = {k: v for k, v in context._SHARED_IDS.items() if k.startswith(f"memo-src|{res['resourceType']}|")}
+        if res["resourceType"] in context._SHARED_TYPES:
+            assert res["id"] in memo.values()
+            key = next(k for k, v in memo.items() if v == res["id"])
+            assert context.uuid5_str(key) == res["id"]  # the memo holds exactly what would be computed
+        else:
+            assert res["id"] not in memo.values()  # patients, visits, accounts: never kept
+    assert convert_message(ADT_A01, source="memo-src") == bundle  # from the memo: the same ids
+    ctx = context.Ctx(parse_message(ADT_A01), "memo-bound", "Z")
+    for i in range(context._SHARED_IDS_MAX + 10):
+        ref = ctx.add({"resourceType": "Device"}, f"dev{i}", scoped=False)
+        assert ref == f"urn:uuid:{context.uuid5_str(f'memo-bound|Device|dev{i}')}"
+    assert len(context._SHARED_IDS) <= context._SHARED_IDS_MAX
 
 
 def test_patient_id_is_stable_across_messages_of_a_source() -> None:

@@ -89,6 +89,38 @@ def test_timestamp_fast_path_matches_the_general_path() -> None:
     assert not mismatches, mismatches[:5]
 
 
+def test_padded_instant_fast_path_matches_the_general_path() -> None:
+    def general(value: str, tz: str) -> object:
+        try:
+            parts = dt._split_ts(value)
+        except dt.DataTypeError as exc:
+            return ("error", str(exc))
+        if parts is None:
+            return None
+        year, month, day, hour, minute, second, frac, off = parts
+        return (f"{year}-{month or '01'}-{day or '01'}T{hour or '00'}:{minute or '00'}:{second or '00'}{frac}"
+                f"{dt._fhir_tz(off, tz)}")
+
+    def fast(value: str, tz: str) -> object:
+        try:
+            return dt.instant_padded(value, tz)
+        except dt.DataTypeError as exc:
+            return ("error", str(exc))
+
+    values = [*_TS_GRID, "\uff12\uff10\uff12\uff14\uff10\uff11\uff10\uff11", "2024", "202401", "2024010112"]
+    mismatches = [(v, tz) for v in values for tz in ("Z", "+01:00") if fast(v, tz) != general(v, tz)]
+    assert not mismatches, mismatches[:5]
+
+
+def test_hd_memo_by_text_matches_the_composite() -> None:
+    enc = rep("x").enc
+    for raw in ("GHH&2.16.840.1.113883.19.5&ISO", "GHH&&", "&1.2.3", "A&http://x/y&URI", "B&u-1&UUID", "C&&L"):
+        comp = Rep(raw, enc, "&", None)
+        expected = dt._hd_system(comp.get(1), comp.get(2), comp.get(3))
+        for _ in range(2):  # computed, then from the memo
+            assert dt._hd_system_raw(raw, rep(raw)) == expected
+
+
 def test_vocabulary_memos_are_bounded() -> None:
     for i in range(dt.MEMO_MAX + 10):
         assert dt.hd_system(rep(f"NS{i}")) == f"urn:clinstream:v2:ns:NS{i}"
