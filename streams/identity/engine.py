@@ -46,7 +46,7 @@ MIN_STRONG_SSN_DIGITS = 7
 EUID_NAMESPACE = uuid.UUID("6f1c1f0e-7f0a-5a55-9c1d-5b0e1d3a9e11")
 _SSN_INDEX = _FUNCS.index(COMPARISONS[-1].compare) if COMPARISONS[-1].name == "ssn" else -1
 # Feature positions worth interning: names, codes, dates and places repeat across patients.
-_INTERN = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16)
+_INTERN: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16)
 
 
 class KeyValueStore(Protocol):
@@ -200,24 +200,25 @@ class MatchEngine:
                 out.append(labels[level])
         return tuple(out)
 
-    def candidate_euids(self, feats: list[str]) -> set[str]:
+    def candidate_euids(self, feats: list[str], keys: list[str] | None = None) -> set[str]:
+        """``keys``: ``blocking_keys(feats)`` when the caller already has them."""
         get = self.store.get
         cap = self.max_block_size
         found: set[str] = set()
-        for key in blocking_keys(feats):
+        for key in blocking_keys(feats) if keys is None else keys:
             block = get("b:" + key)
             if block and len(block) < cap:
                 found.update(block)
         return found
 
-    def score_candidates(self, feats: list[str]) -> list[tuple[str, str, float]]:
+    def score_candidates(self, feats: list[str], keys: list[str] | None = None) -> list[tuple[str, str, float]]:
         """(euid, member record ref, match weight) for every member of every candidate entity."""
         get = self.store.get
         table = self._query_table(feats)
         prior = self._prior
         funcs = _FUNCS
         out: list[tuple[str, str, float]] = []
-        for euid in self.candidate_euids(feats):
+        for euid in self.candidate_euids(feats, keys):
             for member in get("e:" + euid) or ():
                 total = prior
                 for f, w in zip(funcs, table, strict=True):
@@ -230,7 +231,7 @@ class MatchEngine:
         """Decide where ``record`` belongs without changing the index."""
         return self._resolve(record, features(record))
 
-    def _resolve(self, record: PatientRecord, feats: list[str]) -> Resolution:
+    def _resolve(self, record: PatientRecord, feats: list[str], keys: list[str] | None = None) -> Resolution:
         get = self.store.get
         # 1. The same source record seen before: idempotent replays and updates.
         known = get("r:" + feats[F_REF])
@@ -250,7 +251,7 @@ class MatchEngine:
             cand = Candidate(best, "", 0.0, 1.0)
             return Resolution(REVIEW, None, cand, 1.0, True, ("identifier-conflict", *sorted(hits)))
         # 3. Probabilistic, with strong identifiers checked against the demographics.
-        scored = self.score_candidates(feats)
+        scored = self.score_candidates(feats, keys)
         strong_euid = None
         if "ssn" in self.strong_identifiers and len(feats[F_SSN]) >= MIN_STRONG_SSN_DIGITS:
             strong_euid = get("x:ssn|" + feats[F_SSN])
@@ -324,12 +325,13 @@ class MatchEngine:
         resolution names the candidate a human should compare it with.
         """
         feats = features(record)
-        res = self._resolve(record, feats)
+        keys = blocking_keys(feats)  # once: the lookup and the index writes use the same keys
+        res = self._resolve(record, feats, keys)
         if res.band == AUTO_LINK and res.euid is not None:
-            self.index_features(record, feats, res.euid)
+            self.index_features(record, feats, res.euid, keys)
             return res
         euid = self.id_factory(record)
-        self.index_features(record, feats, euid)
+        self.index_features(record, feats, euid, keys)
         return Resolution(
             res.band,
             euid,
@@ -349,10 +351,15 @@ class MatchEngine:
         self.index_features(record, features(record), euid)
         return euid
 
-    def index_features(self, record: PatientRecord, feats: list[str], euid: str) -> None:
+    def index_features(self, record: PatientRecord, feats: list[str], euid: str,
+                       keys: list[str] | None = None) -> None:
+        """``keys``: ``blocking_keys(feats)`` when the caller already has them."""
         store = self.store
         get = store.get
-        feats = [sys.intern(v) if i in _INTERN else v for i, v in enumerate(feats)]
+        feats = list(feats)
+        intern = sys.intern
+        for i in _INTERN:  # testing every position for membership instead cost five times the interning
+            feats[i] = intern(feats[i])
         ref = feats[F_REF]
         members = get("e:" + euid)
         if members and get("r:" + ref) == euid:
@@ -373,7 +380,7 @@ class MatchEngine:
             if get(key) is None:
                 store.put(key, euid)
         cap = self.max_block_size
-        for bkey in blocking_keys(feats):
+        for bkey in blocking_keys(feats) if keys is None else keys:
             key = "b:" + bkey
             block = get(key)
             if block is None:
