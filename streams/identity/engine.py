@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from schemas.ids import uuid5_hex
 from streams.identity.blocking import blocking_keys
-from streams.identity.comparisons import _FUNCS, COMPARISONS, F_IDENTS, F_REF, F_SSN, features
+from streams.identity.comparisons import _FUNCS, COMPARISONS, F_IDENTS, F_REF, F_SSN, Features, features
 from streams.identity.em import TF_COMPARISONS
 from streams.identity.model import MatchModel
 from streams.identity.record import PatientRecord
@@ -180,6 +180,11 @@ class MatchEngine:
                 table[k] = row
         return table
 
+    def _scorers(self, feats: list[str]) -> list[tuple[Callable[[Features, Features], int], list[float]]]:
+        """(comparison, its weights for this query) pairs, built once per query: the scoring loops
+        run them for every member of every candidate, where a ``zip`` per member was measurable."""
+        return list(zip(_FUNCS, self._query_table(feats), strict=True))
+
     # ----------------------------------------------------------------- scoring
     def pair_weight(self, a: list[str], b: list[str]) -> float:
         """Posterior log2-odds that two feature vectors are the same person."""
@@ -214,14 +219,13 @@ class MatchEngine:
     def score_candidates(self, feats: list[str], keys: list[str] | None = None) -> list[tuple[str, str, float]]:
         """(euid, member record ref, match weight) for every member of every candidate entity."""
         get = self.store.get
-        table = self._query_table(feats)
+        scorers = self._scorers(feats)
         prior = self._prior
-        funcs = _FUNCS
         out: list[tuple[str, str, float]] = []
         for euid in self.candidate_euids(feats, keys):
             for member in get("e:" + euid) or ():
                 total = prior
-                for f, w in zip(funcs, table, strict=True):
+                for f, w in scorers:
                     total += w[f(feats, member)]
                 out.append((euid, member[F_REF], total))
         return out
@@ -291,10 +295,10 @@ class MatchEngine:
         flagged in the reasons so the agent can raise a data-quality task.
         """
         best: Candidate | None = None
-        table = self._query_table(feats)
+        scorers = self._scorers(feats)
         for member in self.store.get("e:" + euid) or ():
             total = self._prior
-            for f, w in zip(_FUNCS, table, strict=True):
+            for f, w in scorers:
                 total += w[f(feats, member)]
             if best is None or total > best.match_weight:
                 best = Candidate(euid, member[F_REF], total, self.model.probability(total))
@@ -308,12 +312,11 @@ class MatchEngine:
     def _strong_id_support(self, feats: list[str], euid: str) -> float:
         """Best demographic weight (SSN excluded) of the entity holding the same strong id."""
         best = float("-inf")
-        table = self._query_table(feats)
+        scorers = [s for i, s in enumerate(self._scorers(feats)) if i != _SSN_INDEX]
         for member in self.store.get("e:" + euid) or ():
             total = 0.0
-            for i, (f, w) in enumerate(zip(_FUNCS, table, strict=True)):
-                if i != _SSN_INDEX:
-                    total += w[f(feats, member)]
+            for f, w in scorers:
+                total += w[f(feats, member)]
             best = max(best, total)
         return best
 
