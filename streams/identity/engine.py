@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from schemas.ids import uuid5_hex
 from streams.identity.blocking import blocking_keys
-from streams.identity.comparisons import _FUNCS, COMPARISONS, F_IDENTS, F_REF, F_SSN, features
+from streams.identity.comparisons import _FUNCS, COMPARISONS, F_IDENTS, F_REF, F_SSN, Features, features
 from streams.identity.em import TF_COMPARISONS
 from streams.identity.model import MatchModel
 from streams.identity.record import PatientRecord
@@ -46,7 +46,7 @@ MIN_STRONG_SSN_DIGITS = 7
 EUID_NAMESPACE = uuid.UUID("6f1c1f0e-7f0a-5a55-9c1d-5b0e1d3a9e11")
 _SSN_INDEX = _FUNCS.index(COMPARISONS[-1].compare) if COMPARISONS[-1].name == "ssn" else -1
 # Feature positions worth interning: names, codes, dates and places repeat across patients.
-_INTERN = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16)
+_INTERN: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16)
 
 
 class KeyValueStore(Protocol):
@@ -180,6 +180,11 @@ class MatchEngine:
                 table[k] = row
         return table
 
+    def _scorers(self, feats: list[str]) -> list[tuple[Callable[[Features, Features], int], list[float]]]:
+        """(comparison, its weights for this query) pairs, built once per query: the scoring loops
+        run them for every member of every candidate, where a ``zip`` per member was measurable."""
+        return list(zip(_FUNCS, self._query_table(feats), strict=True))
+
     # ----------------------------------------------------------------- scoring
     def pair_weight(self, a: list[str], b: list[str]) -> float:
         """Posterior log2-odds that two feature vectors are the same person."""
@@ -200,27 +205,27 @@ class MatchEngine:
                 out.append(labels[level])
         return tuple(out)
 
-    def candidate_euids(self, feats: list[str]) -> set[str]:
+    def candidate_euids(self, feats: list[str], keys: list[str] | None = None) -> set[str]:
+        """``keys``: ``blocking_keys(feats)`` when the caller already has them."""
         get = self.store.get
         cap = self.max_block_size
         found: set[str] = set()
-        for key in blocking_keys(feats):
+        for key in blocking_keys(feats) if keys is None else keys:
             block = get("b:" + key)
             if block and len(block) < cap:
                 found.update(block)
         return found
 
-    def score_candidates(self, feats: list[str]) -> list[tuple[str, str, float]]:
+    def score_candidates(self, feats: list[str], keys: list[str] | None = None) -> list[tuple[str, str, float]]:
         """(euid, member record ref, match weight) for every member of every candidate entity."""
         get = self.store.get
-        table = self._query_table(feats)
+        scorers = self._scorers(feats)
         prior = self._prior
-        funcs = _FUNCS
         out: list[tuple[str, str, float]] = []
-        for euid in self.candidate_euids(feats):
+        for euid in self.candidate_euids(feats, keys):
             for member in get("e:" + euid) or ():
                 total = prior
-                for f, w in zip(funcs, table, strict=True):
+                for f, w in scorers:
                     total += w[f(feats, member)]
                 out.append((euid, member[F_REF], total))
         return out
@@ -230,7 +235,7 @@ class MatchEngine:
         """Decide where ``record`` belongs without changing the index."""
         return self._resolve(record, features(record))
 
-    def _resolve(self, record: PatientRecord, feats: list[str]) -> Resolution:
+    def _resolve(self, record: PatientRecord, feats: list[str], keys: list[str] | None = None) -> Resolution:
         get = self.store.get
         # 1. The same source record seen before: idempotent replays and updates.
         known = get("r:" + feats[F_REF])
@@ -250,7 +255,7 @@ class MatchEngine:
             cand = Candidate(best, "", 0.0, 1.0)
             return Resolution(REVIEW, None, cand, 1.0, True, ("identifier-conflict", *sorted(hits)))
         # 3. Probabilistic, with strong identifiers checked against the demographics.
-        scored = self.score_candidates(feats)
+        scored = self.score_candidates(feats, keys)
         strong_euid = None
         if "ssn" in self.strong_identifiers and len(feats[F_SSN]) >= MIN_STRONG_SSN_DIGITS:
             strong_euid = get("x:ssn|" + feats[F_SSN])
@@ -290,10 +295,10 @@ class MatchEngine:
         flagged in the reasons so the agent can raise a data-quality task.
         """
         best: Candidate | None = None
-        table = self._query_table(feats)
+        scorers = self._scorers(feats)
         for member in self.store.get("e:" + euid) or ():
             total = self._prior
-            for f, w in zip(_FUNCS, table, strict=True):
+            for f, w in scorers:
                 total += w[f(feats, member)]
             if best is None or total > best.match_weight:
                 best = Candidate(euid, member[F_REF], total, self.model.probability(total))
@@ -307,12 +312,11 @@ class MatchEngine:
     def _strong_id_support(self, feats: list[str], euid: str) -> float:
         """Best demographic weight (SSN excluded) of the entity holding the same strong id."""
         best = float("-inf")
-        table = self._query_table(feats)
+        scorers = [s for i, s in enumerate(self._scorers(feats)) if i != _SSN_INDEX]
         for member in self.store.get("e:" + euid) or ():
             total = 0.0
-            for i, (f, w) in enumerate(zip(_FUNCS, table, strict=True)):
-                if i != _SSN_INDEX:
-                    total += w[f(feats, member)]
+            for f, w in scorers:
+                total += w[f(feats, member)]
             best = max(best, total)
         return best
 
@@ -324,12 +328,13 @@ class MatchEngine:
         resolution names the candidate a human should compare it with.
         """
         feats = features(record)
-        res = self._resolve(record, feats)
+        keys = blocking_keys(feats)  # once: the lookup and the index writes use the same keys
+        res = self._resolve(record, feats, keys)
         if res.band == AUTO_LINK and res.euid is not None:
-            self.index_features(record, feats, res.euid)
+            self.index_features(record, feats, res.euid, keys)
             return res
         euid = self.id_factory(record)
-        self.index_features(record, feats, euid)
+        self.index_features(record, feats, euid, keys)
         return Resolution(
             res.band,
             euid,
@@ -349,10 +354,15 @@ class MatchEngine:
         self.index_features(record, features(record), euid)
         return euid
 
-    def index_features(self, record: PatientRecord, feats: list[str], euid: str) -> None:
+    def index_features(self, record: PatientRecord, feats: list[str], euid: str,
+                       keys: list[str] | None = None) -> None:
+        """``keys``: ``blocking_keys(feats)`` when the caller already has them."""
         store = self.store
         get = store.get
-        feats = [sys.intern(v) if i in _INTERN else v for i, v in enumerate(feats)]
+        feats = list(feats)
+        intern = sys.intern
+        for i in _INTERN:  # testing every position for membership instead cost five times the interning
+            feats[i] = intern(feats[i])
         ref = feats[F_REF]
         members = get("e:" + euid)
         if members and get("r:" + ref) == euid:
@@ -373,7 +383,7 @@ class MatchEngine:
             if get(key) is None:
                 store.put(key, euid)
         cap = self.max_block_size
-        for bkey in blocking_keys(feats):
+        for bkey in blocking_keys(feats) if keys is None else keys:
             key = "b:" + bkey
             block = get(key)
             if block is None:

@@ -14,6 +14,7 @@ _NON_ALPHA = re.compile(r"[^a-z]+")
 _NON_ALNUM_SPACE = re.compile(r"[^a-z0-9 ]+")
 _SPACES = re.compile(r"\s+")
 _NON_DIGIT = re.compile(r"[^0-9]+")
+_NON_ALNUM = re.compile(r"[^0-9A-Za-z]")
 _LEADING_NUMBER = re.compile(r"^\s*(\d+[a-z]?)\b\s*(.*)$")
 
 # A short nickname table: enough for the common English diminutives an admission clerk
@@ -179,7 +180,7 @@ def phone(value: str | None) -> str:
 
 def postcode(value: str | None) -> str:
     """Alphanumerics, upper-cased; a US ZIP+4 keeps only the 5-digit ZIP."""
-    cleaned = re.sub(r"[^0-9A-Za-z]", "", fold(value)).upper()
+    cleaned = _NON_ALNUM.sub("", fold(value)).upper()
     if len(cleaned) == 9 and cleaned.isdigit():
         return cleaned[:5]
     return cleaned

@@ -50,6 +50,8 @@ def _survivor(patients: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _replaced_identifiers(patient: dict[str, Any], resources: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Identifiers of the records ``patient`` replaces (by reference into the bundle, or inline)."""
+    if not patient.get("link"):
+        return []  # the common case: no merge, so no index of the bundle's patients to build
     by_ref = {f"Patient/{r.get('id')}": r for r in resources if r.get("resourceType") == "Patient"}
     by_ref.update({f"urn:uuid:{r.get('id')}": r for r in resources if r.get("resourceType") == "Patient"})
     out: list[tuple[str, str]] = []

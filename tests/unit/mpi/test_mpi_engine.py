@@ -189,6 +189,42 @@ def test_unrelated_record_is_new(engine: MatchEngine, alice: PatientRecord) -> N
     assert res.band == NEW and res.euid is None
 
 
+
+def test_blocking_keys_handed_in_give_what_the_engine_computes(alice: PatientRecord) -> None:
+    """add() computes a record's blocking keys once for the lookup and the index writes; the
+    keyword is only a shortcut: the same candidates and the same index as without it."""
+    from streams.identity.blocking import blocking_keys
+    from streams.identity.comparisons import features
+
+    typo = replace(alice, record_id="A2", source="portal", identifiers=(), family="Smyth")
+    feats = features(typo)
+    keys = blocking_keys(feats)
+    with_keys, without = MatchEngine(default_model()), MatchEngine(default_model())
+    for eng in (with_keys, without):
+        eng.add(alice)
+    assert with_keys.candidate_euids(feats, keys) == without.candidate_euids(feats) != set()
+    assert with_keys.score_candidates(feats, keys) == without.score_candidates(feats)
+    with_keys.index_features(typo, feats, "E2", keys)
+    without.index_features(typo, feats, "E2")
+    assert dict(with_keys.store) == dict(without.store)  # type: ignore[call-overload]
+    assert feats == features(typo)  # interning works on a copy: the caller's list is untouched
+
+
+def test_scorers_pair_each_comparison_with_the_query_weights(alice: PatientRecord) -> None:
+    """Scoring runs prebuilt (comparison, weights) pairs; the sums are the same, to the bit, as
+    pair_weight's comparison-by-comparison walk over the query's weight table."""
+    from streams.identity.comparisons import _FUNCS, features
+
+    eng = MatchEngine(default_model())
+    eng.add(alice)
+    typo = features(replace(alice, record_id="A2", source="portal", identifiers=(), family="Smyth"))
+    scorers = eng._scorers(typo)
+    assert [f for f, _ in scorers] == list(_FUNCS)
+    assert [w for _, w in scorers] == eng._query_table(typo)
+    ((euid, ref, weight),) = eng.score_candidates(typo)
+    (member,) = eng.store.get("e:" + euid)
+    assert ref == "ehr|A1" and weight == eng.pair_weight(typo, member)
+
 def test_index_values_are_json_serialisable(engine: MatchEngine, alice: PatientRecord) -> None:
     engine.add(alice)
     engine.add(replace(alice, record_id="A2", given="Alicia"))
