@@ -137,6 +137,9 @@ def _codec() -> tuple[Callable[[dict[str, Any]], bytes], Callable[[bytes], dict[
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
+    """The Avro bytes of ``event``. An event may carry ``resources_json`` beside ``resources`` (the
+    normalize stage sets it for the stages after it): it is written as it is, so a stage that
+    changes ``resources`` of such an event must drop it (``event.pop("resources_json", None)``)."""
     record = dict(event)
     resources = record.pop("resources", None)
     if "resources_json" not in record:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from schemas import headers as H
 from schemas.envelope import encode_event, event_id_for, schema_fingerprint, utc_now_iso
 from streams.normalize.hl7v2 import convert_message, event_summary
@@ -29,6 +31,10 @@ class NormalizeStage:
             return Outcome.dead_letter(ValueError(f"no normalizer for format {fmt!r}"))
         event = to_event(record.value, source=source, headers=record.headers,
                          origin=(record.topic, record.partition, record.offset))
+        # The resources as written to canonical.events: dedupe and identity, which hand the event on
+        # with its resources unchanged, write the same JSON instead of serialising it again (two
+        # orjson.dumps of the resources per message, ~15 us each; schemas.envelope.encode_event).
+        event["resources_json"] = orjson.dumps(event["resources"]).decode()
         pairs = [
             (H.EVENT_ID, event["event_id"]),
             (H.SOURCE, source),

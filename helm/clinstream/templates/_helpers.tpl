@@ -174,6 +174,8 @@ clinstream.io/name: {{ .name }}
   value: {{ $b.withinMs | int64 | quote }}
 - name: CLINSTREAM_BATCH_IDLE_MS
   value: {{ $b.idleMs | int64 | quote }}
+- name: CLINSTREAM_BATCH_INBOX_RECORDS
+  value: {{ $b.inboxRecords | int64 | quote }}
 - name: CLINSTREAM_STATE_WRITE_BUFFER_MB
   value: {{ $s.writeBufferMb | int64 | quote }}
 - name: CLINSTREAM_STATE_MAX_WRITE_BUFFERS

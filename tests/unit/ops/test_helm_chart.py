@@ -589,7 +589,7 @@ def test_tuning_values_name_every_setting_with_its_default_and_bounds() -> None:
 def test_tuning_values_reach_the_processes(profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
     values = profile_values(profile)
     values = _chart().merge_values(values)
-    values["worker"]["batch"] = {"size": 250, "withinMs": 15, "idleMs": 3}
+    values["worker"]["batch"] = {"size": 250, "withinMs": 15, "idleMs": 3, "inboxRecords": 750}
     values["worker"]["state"] = {"writeBufferMb": 32, "maxWriteBuffers": 3, "blockCacheMb": 64,
                                  "indexCacheEntries": 5_000_000}
     values["gc"] = {"gen0": 10_000_000, "gen1": 7, "gen2": 9, "freeze": False}

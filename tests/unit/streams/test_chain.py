@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from schemas import headers as H
 from schemas.envelope import decode_event
 from streams.chain import StageChain
@@ -40,6 +42,28 @@ def test_one_record_goes_through_every_stage_and_every_topic_is_still_written() 
     # the same bytes as one agent per stage would write: the canonical record decodes to the dedupe input
     canonical = decode_event(next(p[2] for p in pending if p[0] == CANONICAL))
     assert canonical["event_id"] == identified["event_id"] and canonical["lineage"]["stages"] == ["normalize"]
+
+
+def test_the_resources_json_handed_along_is_what_one_agent_per_stage_would_write() -> None:
+    """Normalize hands its resources' JSON along with the event; dedupe and identity leave the resources
+    alone, so writing that JSON is writing their resources: each topic gets the resources a stage that
+    decoded its input from the topic would write, and the handed-over JSON is always ``resources``."""
+    raw = raw_record(adt("A08", "MRN7", "ROE", "RICHARD", "19700203", "C7"), 9)
+    pending: list = []
+    chained = chain()
+    chained.process(raw, pending)
+    by_topic = {p[0]: decode_event(p[2]) for p in pending if p[0] in (CANONICAL, DEDUPED, IDENTIFIED)}
+
+    alone = StageChain([NormalizeStage(input_topics=[RAW]), DedupeStage(seen={}), IdentityStage.with_store()])
+    records = [raw]
+    for runner in alone.runners:  # one agent per stage: each decodes what the previous one wrote
+        out = runner.stage.process(records[-1]).outputs[0]
+        assert out.event is not None
+        assert out.event.get("resources_json", orjson.dumps(out.event["resources"]).decode()) == \
+            orjson.dumps(out.event["resources"]).decode()
+        records.append(InRecord(out.topic, 2, 9, out.key, out.value, H.as_dict(out.headers)))
+        assert decode_event(out.value)["resources"] == by_topic[out.topic]["resources"], out.topic
+    assert by_topic[CANONICAL]["resources"] == by_topic[IDENTIFIED]["resources"]
 
 
 def test_a_duplicate_stops_at_dedupe_and_a_redrive_goes_through() -> None:
