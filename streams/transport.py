@@ -18,8 +18,8 @@ embedded broker answers an empty fetch only after the full wait) sets it.
 ``Event``, the conductor's callback, a stream-buffer put, the stream's iteration with its
 sensors and a processor that rebuilds a batch for ``take_events`` — ~120 µs of CPU per record
 here, where aiokafka's ``getmany`` itself costs ~3 µs, and the worker consumes every message
-twice (``clinstream bench consume``, 30,000 records: 142.5 µs per record with lean delivery,
-9.1 with whole fetches). A topic with a :class:`FetchInbox` (the worker's agent topics)
+twice (``clinstream bench consume``, 30,000 records, 3 rounds: 103.8 µs per record with lean
+delivery, 8.4 with whole fetches). A topic with a :class:`FetchInbox` (the worker's agent topics)
 skips all of it: each partition's share of a fetch goes to the inbox as one list of
 ``ConsumerMessage`` objects, and the agent takes batches from there
 (``streams.batching.take_ready_batches``). What Faust's path guarantees is kept: records are
