@@ -14,6 +14,10 @@ fill as before (``max_`` or ``within``: the per-batch costs — a produce reques
 topic, an index flush — stay spread over as many records); below it, a batch goes as soon as
 its records are in. Everything else is Faust's ``take_events``: the same buffering processor
 on the stream, acks after the batch was consumed, at most ``max_`` events per batch.
+
+``take_ready_batches`` applies the same three rules to whole fetches (``streams.transport``'s
+fetch inbox, no Faust event per record): what the worker's agents run. ``take_ready_events``
+stays for ``bench consume``, which measures the event-per-record path against it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ from __future__ import annotations
 import asyncio
 from asyncio import CancelledError
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
+
+if TYPE_CHECKING:
+    from faust.types import Message
+
+    from streams.transport import FetchInbox
 
 
 def take_ready_events(stream: Any, max_: int, within: float, idle: float) -> AsyncGenerator[list[Any], None]:
@@ -108,8 +117,8 @@ async def _take_ready_events(stream: Any, max_: int, within: float, idle: float)
         stream._processors.remove(add_to_buffer)
 
 
-async def take_ready_batches(stream: Any, inbox: Any, max_: int, within: float,
-                             idle: float) -> AsyncGenerator[list[Any], None]:
+async def take_ready_batches(stream: Any, inbox: FetchInbox, max_: int, within: float,
+                             idle: float) -> AsyncGenerator[list[Message], None]:
     """Lists of at most ``max_`` records (Faust ``ConsumerMessage``) of ``stream``'s topics, taken from
     their ``inbox`` (``streams.transport.fetch_inbox``) on the three rules of ``take_ready_events``:
     ``max_`` records, ``within`` after the batch began, or ``idle`` without a record added. Records
